@@ -1,0 +1,47 @@
+"""The embedded model zoo and tasks: small models built from WordNet text, shipped in the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emulator.zoo.specs import DEFAULT_MODEL, MODELS, TASKS_DIR, model_path
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "resolve_model", "load_model", "public_texts"]
+
+
+def resolve_model(spec: str) -> Path:
+    """A model reference as a directory: 'zoo:NAME' (or a bare zoo name) or a local checkpoint path."""
+    name = spec[4:] if spec.startswith("zoo:") else spec
+    if name in MODELS:
+        path = model_path(name)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"zoo model {name!r} is not built yet: run 'offsite zoo build'")
+        return path
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{spec!r} is neither a zoo model ({', '.join(MODELS)}) nor a local Hugging Face checkpoint "
+            "directory with a config.json (models are never downloaded)"
+        )
+    return path
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer) from the zoo or a local checkpoint, offline; the model in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(spec)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def public_texts(limit: int | None = None) -> list[str]:
+    """Public (non-private) English text for calibration and distillation."""
+    lines = [t for t in (TASKS_DIR / "public.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
+    return lines[:limit] if limit else lines

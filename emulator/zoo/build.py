@@ -49,8 +49,11 @@ def train_tokenizer(spec: TokenizerSpec, docs: list[str]) -> PreTrainedTokenizer
     else:
         raise ValueError(f"unknown tokenizer kind {spec.kind!r}")
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size, special_tokens=specials, initial_alphabet=alphabet,
-        min_frequency=2, show_progress=False,
+        vocab_size=spec.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        min_frequency=2,
+        show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, **spec.specials)
@@ -70,11 +73,18 @@ def pack_tokens(tokenizer: PreTrainedTokenizerFast, docs: list[str], seq_len: in
 def make_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     """A randomly initialised Llama of the spec's shape."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden, num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-        intermediate_size=spec.intermediate, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rope_theta=10000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        intermediate_size=spec.intermediate,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
     )
     return LlamaForCausalLM(config)
 
@@ -93,8 +103,12 @@ def eval_loss(model: torch.nn.Module, rows: torch.Tensor, batch: int = 32) -> fl
 
 
 def pretrain(
-    spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, train: torch.Tensor, val: torch.Tensor,
-    seed: int = 0, progress: Progress | None = None,
+    spec: ModelSpec,
+    tokenizer: PreTrainedTokenizerFast,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> tuple[LlamaForCausalLM, dict]:
     """Pretrain one zoo model with AdamW, linear warmup and cosine decay; return it and stats."""
     torch.manual_seed(seed)
@@ -146,8 +160,11 @@ def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out:
 
 
 def build_zoo(
-    out_dir: Path = MODELS_DIR, only: list[str] | None = None, seed: int = 0,
-    progress: Progress | None = None, steps_scale: float = 1.0,
+    out_dir: Path = MODELS_DIR,
+    only: list[str] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    steps_scale: float = 1.0,
 ) -> dict[str, dict]:
     """Build tokenizers and pretrain the zoo models (all, or those named in `only`)."""
     ensure_wordnet()

@@ -16,12 +16,32 @@ POS_FILES = {"noun": "data.noun", "verb": "data.verb", "adjective": "data.adj", 
 
 # WordNet lexicographer file numbers (lex_filenum) -> their names, for the categories we use.
 LEXNAMES = {
-    3: "noun.Tops", 4: "noun.act", 5: "noun.animal", 6: "noun.artifact", 7: "noun.attribute",
-    8: "noun.body", 9: "noun.cognition", 10: "noun.communication", 11: "noun.event",
-    12: "noun.feeling", 13: "noun.food", 14: "noun.group", 15: "noun.location",
-    16: "noun.motive", 17: "noun.object", 18: "noun.person", 19: "noun.phenomenon",
-    20: "noun.plant", 21: "noun.possession", 22: "noun.process", 23: "noun.quantity",
-    24: "noun.relation", 25: "noun.shape", 26: "noun.state", 27: "noun.substance", 28: "noun.time",
+    3: "noun.Tops",
+    4: "noun.act",
+    5: "noun.animal",
+    6: "noun.artifact",
+    7: "noun.attribute",
+    8: "noun.body",
+    9: "noun.cognition",
+    10: "noun.communication",
+    11: "noun.event",
+    12: "noun.feeling",
+    13: "noun.food",
+    14: "noun.group",
+    15: "noun.location",
+    16: "noun.motive",
+    17: "noun.object",
+    18: "noun.person",
+    19: "noun.phenomenon",
+    20: "noun.plant",
+    21: "noun.possession",
+    22: "noun.process",
+    23: "noun.quantity",
+    24: "noun.relation",
+    25: "noun.shape",
+    26: "noun.state",
+    27: "noun.substance",
+    28: "noun.time",
 }
 
 
@@ -43,9 +63,7 @@ def _parse_line(line: str, pos: str) -> Synset | None:
     head, gloss = line.split("|", 1)
     fields = head.split()
     offset, lexnum, n_words = fields[0], int(fields[1]), int(fields[3], 16)
-    lemmas = tuple(
-        re.sub(r"\(.*\)$", "", fields[4 + 2 * i]).replace("_", " ") for i in range(n_words)
-    )
+    lemmas = tuple(re.sub(r"\(.*\)$", "", fields[4 + 2 * i]).replace("_", " ") for i in range(n_words))
     parts = [p.strip() for p in gloss.strip().split(";")]
     definition = parts[0]
     examples = tuple(p.strip('"') for p in parts[1:] if p.startswith('"'))

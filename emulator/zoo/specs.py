@@ -39,11 +39,15 @@ class ModelSpec:
 
 TOKENIZERS = {
     "wn-bpe": TokenizerSpec(
-        "wn-bpe", "bytelevel", 4096,
+        "wn-bpe",
+        "bytelevel",
+        4096,
         {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"},
     ),
     "wn-sp": TokenizerSpec(
-        "wn-sp", "metaspace", 3072,
+        "wn-sp",
+        "metaspace",
+        3072,
         {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
     ),
 }

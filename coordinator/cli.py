@@ -1,0 +1,208 @@
+"""The `offsite` command line: build the zoo, derive emulators, plug adapters in, run experiments."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+app = typer.Typer(help="Offsite: tune a large model at sites that never see it.", no_args_is_help=True)
+zoo_app = typer.Typer(help="The embedded model zoo (built from WordNet, no network).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]Error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    only: Annotated[
+        list[str] | None, typer.Option(help="Build only these models (base, small, other).")
+    ] = None,
+    tasks: Annotated[bool, typer.Option(help="Also rebuild the task files.")] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write models (default: the package's zoo).")
+    ] = None,
+) -> None:
+    """Rebuild tokenizers, pretrain the zoo models and write the tasks (needs apt's wordnet-base)."""
+    from emulator.zoo.build import build_zoo
+    from emulator.zoo.specs import MODELS_DIR
+    from emulator.zoo.tasks import build_tasks
+
+    if tasks:
+        console.print(f"Tasks written: {build_tasks()}")
+    with _progress() as bar:
+        ids: dict[str, int] = {}
+
+        def cb(name: str, step: int, total: int, info: dict) -> None:
+            if name not in ids:
+                ids[name] = bar.add_task(f"pretrain {name}", total=total, info="")
+            bar.update(ids[name], completed=step, info=f"loss {info['loss']:.3f}")
+
+        stats = build_zoo(out or MODELS_DIR, only=only, progress=cb)
+    console.print_json(json.dumps(stats))
+
+
+@zoo_app.command("info")
+def zoo_info() -> None:
+    """List the zoo's models with their size and pretraining figures."""
+    from emulator.zoo.specs import MODELS, model_path
+
+    table = Table("model", "tokenizer", "blocks", "hidden", "params", "val loss", "built")
+    for name, spec in MODELS.items():
+        stats_file = model_path(name) / "zoo_stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+        table.add_row(
+            name,
+            spec.tokenizer,
+            str(spec.layers),
+            str(spec.hidden),
+            f"{stats.get('params', 0):,}",
+            f"{stats.get('val_loss', float('nan')):.3f}",
+            "yes" if stats else "no",
+        )
+    console.print(table)
+
+
+@app.command()
+def derive(
+    out: Annotated[Path, typer.Option(help="Directory to write the emulator to.")],
+    model: Annotated[
+        str, typer.Option(help="zoo:NAME or a local Hugging Face checkpoint directory.")
+    ] = "zoo:base",
+    method: Annotated[str, typer.Option(help="crash (default) or uniform.")] = "crash",
+    first: Annotated[int, typer.Option(help="Adapter blocks at the bottom.")] = 2,
+    last: Annotated[int, typer.Option(help="Adapter blocks at the top.")] = 2,
+    keep: Annotated[int, typer.Option(help="Blocks (uniform) or clusters (crash) kept for the middle.")] = 3,
+    placement: Annotated[str, typer.Option(help="edges (first/last) or spread (crash only).")] = "edges",
+    distill_steps: Annotated[int, typer.Option(help="Distil the middle for this many steps (0: off).")] = 0,
+    seed: int = 0,
+) -> None:
+    """Derive an emulator (stand-in) from a full model and save it with its manifest."""
+    from emulator.derive import EmulatorOptions, derive_emulator
+    from emulator.distill import distill, text_rows
+    from emulator.zoo import load_model, public_texts
+
+    try:
+        full, tok = load_model(model)
+        options = EmulatorOptions(method, first, last, keep, placement)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    calib = text_rows(tok, public_texts(256))
+    with _progress() as bar:
+        task = bar.add_task(
+            f"derive {method}", total=1, info="CKA on calibration text" if method == "crash" else ""
+        )
+        try:
+            emu = derive_emulator(full, options, calibration=calib, tokenizer=tok)
+        except ValueError as exc:
+            _fail(str(exc))
+        bar.update(task, completed=1, info="")
+        if distill_steps:
+            dtask = bar.add_task("distil middle", total=distill_steps, info="")
+            distill(
+                emu,
+                full,
+                *calib,
+                steps=distill_steps,
+                seed=seed,
+                progress=lambda s, t, d: bar.update(dtask, completed=s, info=f"nmse {d:.3f}"),
+            )
+    digest = emu.save(out)
+    console.print(
+        f"Emulator written to {out}: layout {emu.manifest.layout}, adapter blocks "
+        f"{emu.manifest.adapter_blocks}, hash {digest[:16]}…"
+    )
+
+
+@app.command()
+def experiment(
+    task: Annotated[
+        str, typer.Option(help="Embedded task name or a JSONL/CSV/Parquet file.")
+    ] = "wn-category",
+    model: Annotated[str, typer.Option(help="zoo:NAME or a local checkpoint directory.")] = "zoo:base",
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: uniform, crash, crash+distill.")
+    ] = "uniform,crash,crash+distill",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..n-1).")] = 3,
+    steps: Annotated[int, typer.Option(help="Tuning steps per stage.")] = 150,
+    keep: Annotated[int, typer.Option(help="Middle blocks/clusters kept in the emulator.")] = 3,
+    lora_rank: Annotated[
+        int, typer.Option(help="Tune LoRA of this rank on the adapter (0: whole blocks).")
+    ] = 0,
+    n_test: Annotated[int, typer.Option(help="Test examples to score.")] = 400,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("runs/experiment.json"),
+) -> None:
+    """Run the centralised five-number experiment and print the DESIGN §6 table."""
+    from coordinator.experiment import COLUMNS, ExperimentConfig, format_table, run_experiment, save_report
+
+    cfg = ExperimentConfig(
+        model=model,
+        task=task,
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+        seeds=list(range(seeds)),
+        steps=steps,
+        keep=keep,
+        lora_rank=lora_rank,
+        n_test=n_test,
+    )
+    n_variants = len(cfg.variants)
+    with _progress() as bar:
+        # Per seed: 2 full fine-tunes + their evals, then per variant a tune and 3 evals (+ distillation).
+        total = 1 + n_variants + len(cfg.seeds) * (4 + n_variants * 4)
+        total += len(cfg.seeds) * sum(v.endswith("+distill") for v in cfg.variants)
+        job = bar.add_task("experiment", total=total, info="")
+
+        def cb(stage: str, _done: int, _total: int) -> None:
+            bar.update(job, advance=1, info=stage)
+
+        try:
+            report = run_experiment(cfg, progress=cb, log=lambda m: bar.console.print(m))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+    table = Table(title=f"{task} on {model} — accuracy % (mean ± std over {seeds} seeds)")
+    for col in ["emulator", *COLUMNS, "CPL ratio"]:
+        table.add_column(col)
+    for row in format_table(report):
+        table.add_row(*row)
+    console.print(table)
+    for name, row in report["table"].items():
+        c = row["checks"]
+        console.print(
+            f"{name}: plug-in − emulator FT = {c['plugin_minus_emulator_ft']:+.1f} pts; plug-in − full "
+            f"zero-shot = {c['plugin_minus_full_zero_shot']:+.1f} pts; recovers "
+            f"{100 * (c['recovered_share_of_adapter_ft_gain'] or 0):.0f}% of the adapter-FT gain, "
+            f"{100 * (c['recovered_share_of_all_params_ft_gain'] or 0):.0f}% of all-params FT gain"
+        )
+    console.print(
+        f"Total {report['total_seconds']:.0f} s, peak RSS {report['peak_mem_mb']:.0f} MiB. "
+        f"Report: {save_report(report, out)}"
+    )
+
+
+if __name__ == "__main__":
+    app()

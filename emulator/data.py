@@ -1,0 +1,192 @@
+"""Task data: the embedded tasks and users' JSONL/CSV/Parquet files, validated record by record.
+
+Two task kinds:
+- "mc": {"prompt", "choices": [str, ...], "answer": int}, scored by log-likelihood of each choice;
+- "gen": {"prompt", "target": str}, scored by exact match of the greedy continuation.
+An optional "label" column drives non-IID partitioning (defaults to the answer text).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset
+
+from emulator.zoo.specs import TASKS_DIR
+
+
+class DataError(ValueError):
+    """A data file or record is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task example (mc: choices+answer; gen: target)."""
+
+    prompt: str
+    choices: tuple[str, ...] | None = None
+    answer: int | None = None
+    target: str | None = None
+    label: str = ""
+
+    @property
+    def kind(self) -> str:
+        """'mc' or 'gen'."""
+        return "mc" if self.choices is not None else "gen"
+
+    @property
+    def response(self) -> str:
+        """The text a tuned model should produce after the prompt."""
+        return self.choices[self.answer] if self.kind == "mc" else self.target
+
+
+EMBEDDED_TASKS = {
+    "wn-category": "mc",  # which WordNet category a noun's definition belongs to (4 options)
+    "wn-pos": "gen",  # generate the part of speech of a definition's headword
+}
+
+
+def parse_record(rec: object, where: str) -> Example:
+    """Validate one raw record and turn it into an Example; `where` is 'file:line' for errors."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected an object with a 'prompt', got {type(rec).__name__}")
+    prompt = rec.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise DataError(f"{where}: 'prompt' must be a non-empty string")
+    if "choices" in rec and rec["choices"] not in (None, ""):
+        choices = rec["choices"]
+        if isinstance(choices, str):
+            try:
+                choices = json.loads(choices)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: 'choices' is not a JSON list ({exc.msg})") from None
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise DataError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+        answer = rec.get("answer")
+        try:
+            answer = int(answer)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: 'answer' must be an integer index into 'choices'") from None
+        if not 0 <= answer < len(choices):
+            raise DataError(f"{where}: 'answer' {answer} is out of range for {len(choices)} choices")
+        label = str(rec.get("label") or choices[answer].strip())
+        return Example(prompt, tuple(choices), answer, None, label)
+    target = rec.get("target")
+    if not isinstance(target, str) or not target.strip():
+        raise DataError(f"{where}: a record needs either 'choices' + 'answer' or a non-empty 'target'")
+    return Example(prompt, None, None, target, str(rec.get("label") or target.strip()))
+
+
+def _raw_records(path: Path) -> list[tuple[str, object]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return out
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise DataError(f"{path}:1: CSV header must include a 'prompt' column")
+            rows = []
+            for row in reader:
+                if None in row:
+                    raise DataError(f"{path}:{reader.line_num}: more fields than the header has")
+                rows.append((f"{path}:{reader.line_num}", row))
+            return rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+        return [(f"{path}:row {i + 1}", r) for i, r in enumerate(table.to_pylist())]
+    raise DataError(f"{path}: unsupported data format {suffix!r}; use .jsonl, .csv or .parquet")
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Load and validate every record of a JSONL, CSV or Parquet file; all records share one kind."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    examples = [parse_record(rec, where) for where, rec in _raw_records(path)]
+    if not examples:
+        raise DataError(f"{path}: no records")
+    kinds = {e.kind for e in examples}
+    if len(kinds) > 1:
+        raise DataError(f"{path}: mixes multiple-choice and generation records")
+    return examples
+
+
+def task_file(task: str, split: str) -> Path:
+    """Path of an embedded task split ('train' or 'test'), or a user's file path as given."""
+    if task in EMBEDDED_TASKS:
+        return TASKS_DIR / f"{task}.{split}.jsonl"
+    raise DataError(
+        f"unknown task {task!r}; embedded tasks are {sorted(EMBEDDED_TASKS)}, or pass a data file"
+    )
+
+
+def load_task(task: str, split: str) -> list[Example]:
+    """Examples of an embedded task split, or of a user file when `task` is a path."""
+    if Path(task).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        return load_examples(task)
+    return load_examples(task_file(task, split))
+
+
+def to_dataset(examples: list[Example]) -> Dataset:
+    """A `datasets.Dataset` view (one row per example, with a 'label' column) for partitioners."""
+    return Dataset.from_list([{"idx": i, "label": e.label} for i, e in enumerate(examples)])
+
+
+def partition(
+    examples: list[Example],
+    num_partitions: int,
+    scheme: str = "dirichlet",
+    alpha: float = 0.5,
+    classes_per_partition: int = 2,
+    seed: int = 0,
+) -> list[list[Example]]:
+    """Split examples across clients with flwr-datasets partitioners: 'iid', 'dirichlet' or 'pathological'."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if num_partitions < 1 or num_partitions > len(examples):
+        raise ValueError(f"cannot split {len(examples)} examples into {num_partitions} partitions")
+    if scheme == "iid":
+        part = IidPartitioner(num_partitions=num_partitions)
+    elif scheme == "dirichlet":
+        part = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=max(1, min(10, len(examples) // (4 * num_partitions))),
+            self_balancing=False,
+            seed=seed,
+        )
+    elif scheme == "pathological":
+        part = PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            num_classes_per_partition=classes_per_partition,
+            class_assignment_mode="deterministic",
+            seed=seed,
+        )
+    else:
+        raise ValueError(f"unknown partition scheme {scheme!r}; choose iid, dirichlet or pathological")
+    part.dataset = to_dataset(examples)
+    return [[examples[i] for i in part.load_partition(p)["idx"]] for p in range(num_partitions)]

@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny random models of each supported architecture, built offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+VOCAB = 96
+
+
+def tiny_model(arch: str, layers: int = 8, vocab: int = VOCAB, seed: int = 0) -> torch.nn.Module:
+    """A small randomly initialised causal LM of the given architecture, in eval mode."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "llama":
+        m = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                **common,
+            )
+        )
+    elif arch == "mistral":
+        m = MistralForCausalLM(
+            MistralConfig(
+                hidden_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                **common,
+            )
+        )
+    elif arch == "qwen2":
+        m = Qwen2ForCausalLM(
+            Qwen2Config(
+                hidden_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                **common,
+            )
+        )
+    elif arch == "gpt2":
+        m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=128, **common))
+    elif arch == "opt":
+        m = OPTForCausalLM(
+            OPTConfig(
+                hidden_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                ffn_dim=64,
+                word_embed_proj_dim=32,
+                max_position_embeddings=128,
+                **common,
+            )
+        )
+    elif arch == "gpt_neox":
+        m = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                hidden_size=32,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                **common,
+            )
+        )
+    else:
+        raise ValueError(arch)
+    return m.eval()
+
+
+ARCHS = ["llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox"]
+
+
+@pytest.fixture
+def token_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed (6, 12) batch of ids with a right-padded row, and its attention mask."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (6, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[5, 8:] = 0
+    ids[5, 8:] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="session")
+def zoo_tokenizer():
+    """The shipped base tokenizer (byte-level BPE)."""
+    from transformers import AutoTokenizer
+
+    from emulator.zoo.specs import model_path
+
+    return AutoTokenizer.from_pretrained(model_path("base"), local_files_only=True)

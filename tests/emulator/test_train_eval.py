@@ -1,0 +1,42 @@
+import torch
+
+from emulator.data import Example
+from emulator.evaluate import accuracy, choice_logprobs, mc_accuracy, next_token_logprobs
+from emulator.train import encode, tune
+from tests.conftest import tiny_model
+
+
+def _examples():
+    return [
+        Example(f"item {i} is", (" red", " blue"), i % 2, None, ("red", "blue")[i % 2]) for i in range(32)
+    ]
+
+
+def test_single_token_fast_path_matches_full_sequence_scoring(zoo_tokenizer):
+    model = tiny_model("llama", vocab=len(zoo_tokenizer))
+    exs = _examples()[:6]
+    p = [zoo_tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in exs]
+    c = [zoo_tokenizer(e.choices[0], add_special_tokens=False)["input_ids"] for e in exs]
+    assert all(len(x) == 1 for x in c)
+    slow = choice_logprobs(model, zoo_tokenizer, p, c)
+    fast = next_token_logprobs(model, zoo_tokenizer, p)
+    for i in range(len(exs)):
+        assert abs(float(fast[i, c[i][0]]) - slow[i]) < 1e-4
+
+
+def test_encode_masks_prompt_and_supervises_response(zoo_tokenizer):
+    ids, labels = encode(zoo_tokenizer, _examples()[:1])[0]
+    n_prompt = len(zoo_tokenizer("item 0 is", add_special_tokens=False)["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == zoo_tokenizer.eos_token_id
+
+
+def test_tuning_learns_a_label_and_accuracy_rises(zoo_tokenizer):
+    torch.manual_seed(0)
+    model = tiny_model("llama", layers=2, vocab=len(zoo_tokenizer))
+    exs = _examples()
+    before = mc_accuracy(model, zoo_tokenizer, exs)
+    stats = tune(model, zoo_tokenizer, exs, list(model.parameters()), steps=60, lr=3e-3, batch_size=8)
+    after = accuracy(model, zoo_tokenizer, exs)
+    assert after == 100.0 and after > 100 * before - 1e-9
+    assert stats.steps == 60 and stats.tokens > 0 and stats.peak_mem_mb > 0
