@@ -8,7 +8,8 @@ from tests.conftest import tiny_model
 
 def _examples():
     return [
-        Example(f"item {i} is", (" red", " blue"), i % 2, None, ("red", "blue")[i % 2]) for i in range(32)
+        Example(f"item {i} is {('fire', 'sky')[i % 2]}", (" red", " blue"), i % 2, None, ("red", "blue")[i % 2])
+        for i in range(32)
     ]
 
 
@@ -26,7 +27,7 @@ def test_single_token_fast_path_matches_full_sequence_scoring(zoo_tokenizer):
 
 def test_encode_masks_prompt_and_supervises_response(zoo_tokenizer):
     ids, labels = encode(zoo_tokenizer, _examples()[:1])[0]
-    n_prompt = len(zoo_tokenizer("item 0 is", add_special_tokens=False)["input_ids"])
+    n_prompt = len(zoo_tokenizer("item 0 is fire", add_special_tokens=False)["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == zoo_tokenizer.eos_token_id
 
@@ -36,7 +37,7 @@ def test_tuning_learns_a_label_and_accuracy_rises(zoo_tokenizer):
     model = tiny_model("llama", layers=2, vocab=len(zoo_tokenizer))
     exs = _examples()
     before = mc_accuracy(model, zoo_tokenizer, exs)
-    stats = tune(model, zoo_tokenizer, exs, list(model.parameters()), steps=60, lr=3e-3, batch_size=8)
+    stats = tune(model, zoo_tokenizer, exs, list(model.parameters()), steps=80, lr=5e-3, batch_size=8)
     after = accuracy(model, zoo_tokenizer, exs)
     assert after == 100.0 and after > 100 * before - 1e-9
-    assert stats.steps == 60 and stats.tokens > 0 and stats.peak_mem_mb > 0
+    assert stats.steps == 80 and stats.tokens > 0 and stats.peak_mem_mb > 0
