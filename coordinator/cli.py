@@ -154,6 +154,7 @@ def experiment(
     lora_rank: Annotated[
         int, typer.Option(help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,
+    distill_steps: Annotated[int, typer.Option(help="Distillation steps for +distill variants.")] = 200,
     n_test: Annotated[int, typer.Option(help="Test examples to score.")] = 400,
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("runs/experiment.json"),
 ) -> None:
@@ -169,6 +170,7 @@ def experiment(
         keep=keep,
         lora_rank=lora_rank,
         n_test=n_test,
+        distill_steps=distill_steps,
     )
     n_variants = len(cfg.variants)
     with _progress() as bar:

@@ -31,7 +31,9 @@ def resolve_model(spec: str) -> Path:
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) from the zoo or a local checkpoint, offline; the model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars speak for long steps
     path = resolve_model(spec)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
