@@ -110,6 +110,7 @@ def derive(
     try:
         full, tok = load_model(model)
         options = EmulatorOptions(method, first, last, keep, placement)
+        options.check(full.config.num_hidden_layers)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     calib = text_rows(tok, public_texts(256))
@@ -150,6 +151,8 @@ def experiment(
     ] = "uniform,crash,crash+distill",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..n-1).")] = 3,
     steps: Annotated[int, typer.Option(help="Tuning steps per stage.")] = 150,
+    first: Annotated[int, typer.Option(help="Adapter blocks at the bottom.")] = 2,
+    last: Annotated[int, typer.Option(help="Adapter blocks at the top.")] = 2,
     keep: Annotated[int, typer.Option(help="Middle blocks/clusters kept in the emulator.")] = 3,
     lora_rank: Annotated[
         int, typer.Option(help="Tune LoRA of this rank on the adapter (0: whole blocks).")
@@ -167,6 +170,8 @@ def experiment(
         variants=[v.strip() for v in variants.split(",") if v.strip()],
         seeds=list(range(seeds)),
         steps=steps,
+        first=first,
+        last=last,
         keep=keep,
         lora_rank=lora_rank,
         n_test=n_test,
