@@ -61,7 +61,7 @@ class ExperimentConfig:
     first: int = 2
     last: int = 2
     keep: int = 3
-    steps: int = 150
+    steps: int = 100
     lr: float = 1e-3
     full_lr: float = 3e-4
     batch_size: int = 16
@@ -69,7 +69,7 @@ class ExperimentConfig:
     distill_steps: int = 200
     calibration_texts: int = 256
     n_train: int | None = None
-    n_test: int | None = 400
+    n_test: int | None = 300
 
 
 def _tune_whole(
