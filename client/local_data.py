@@ -1,0 +1,58 @@
+"""A site's private examples: its own JSONL/CSV/Parquet file, or its partition of an embedded task.
+
+node_config (set per SuperNode with `--node-config`, or by the simulation engine):
+- `data-path`: the site's training file; `eval-data-path`: its held-out file (optional).
+- `partition-id` / `num-partitions`: which slice of the embedded task this node plays (simulation).
+The partitioning scheme comes from the run config (`partitioning`, `dirichlet-alpha`,
+`classes-per-partition`), so every node splits the task the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emulator.data import Example, load_examples, load_task, partition
+
+_MEMO: dict[tuple, list[Example]] = {}
+
+
+def _partitioned(task: str, split: str, pid: int, n: int, scheme: str, alpha: float, cpp: int, seed: int):
+    key = (task, split, pid, n, scheme, alpha, cpp, seed)
+    if key not in _MEMO:
+        examples = load_task(task, split)
+        if n <= 1:
+            part = examples
+        else:
+            part = partition(examples, n, scheme=scheme, alpha=alpha, classes_per_partition=cpp, seed=seed)[
+                pid
+            ]
+        _MEMO[key] = part
+    return _MEMO[key]
+
+
+def local_examples(
+    node_config: dict, run_config: dict, task: str, split: str, seed: int, limit: int = 0
+) -> list[Example]:
+    """This node's examples for `split` ('train' or 'test'); at most `limit` (0: all)."""
+    path_key = "data-path" if split == "train" else "eval-data-path"
+    path = node_config.get(path_key) or (node_config.get("data-path") if split != "train" else None)
+    if path:
+        examples = load_examples(Path(str(path)).expanduser())
+    else:
+        n = int(node_config.get("num-partitions", 1))
+        pid = int(node_config.get("partition-id", 0))
+        if not 0 <= pid < max(n, 1):
+            raise ValueError(f"partition-id {pid} is outside 0..{n - 1}")
+        examples = _partitioned(
+            task,
+            split,
+            pid,
+            n,
+            str(run_config.get("partitioning", "dirichlet")),
+            float(run_config.get("dirichlet-alpha", 0.5)),
+            int(run_config.get("classes-per-partition", 2)),
+            seed,
+        )
+    if not examples:
+        raise ValueError(f"this node has no {split} examples (partition empty)")
+    return examples[:limit] if limit else examples

@@ -1,0 +1,97 @@
+"""Local tuning of the adapter on the stand-in, and local evaluation; returns deltas, not weights."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from emulator.data import Example
+from emulator.emulator import Emulator
+from emulator.evaluate import accuracy
+from emulator.plugin import add_lora, load_lora_state, lora_state
+from emulator.train import TrainStats, collate, encode, tune
+
+
+@dataclass
+class LocalUpdate:
+    """What local training produced: the adapter delta and the run's statistics."""
+
+    delta: dict[str, torch.Tensor]
+    stats: TrainStats
+
+
+def _with_adapter(emu: Emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
+    """The emulator's model carrying the global adapter (whole blocks, or a peft LoRA wrapper)."""
+    if lora_rank == 0:
+        emu.load_adapter_state_dict(adapter)
+        return emu.model
+    model = add_lora(emu.model, emu.manifest.adapter_positions, lora_rank)
+    load_lora_state(model, adapter, emu.manifest.layout)
+    return model
+
+
+def train_adapter(
+    emu: Emulator,
+    adapter: dict[str, torch.Tensor],
+    examples: list[Example],
+    *,
+    lora_rank: int,
+    train_lora_a: bool,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> LocalUpdate:
+    """Tune the adapter from `adapter` for `steps` steps; the delta covers trained tensors only.
+
+    Whole blocks: every adapter-block tensor. LoRA: B only when A is frozen (FFA-LoRA), else A and B.
+    """
+    model = _with_adapter(emu, adapter, lora_rank)
+    if lora_rank == 0:
+        params = emu.freeze_all_but_adapter()
+    else:
+        for name, p in model.named_parameters():
+            if "lora_A" in name and not train_lora_a:
+                p.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+    stats = tune(model, emu.tokenizer, examples, params, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    trained = emu.adapter_state_dict() if lora_rank == 0 else lora_state(model, emu.manifest.layout)
+    if lora_rank and not train_lora_a:
+        trained = {k: v for k, v in trained.items() if ".lora_A" not in k}
+    delta = {k: (v.float() - adapter[k].float()) for k, v in trained.items()}
+    return LocalUpdate(delta, stats)
+
+
+def clip_delta(delta: dict[str, torch.Tensor], max_norm: float) -> tuple[dict[str, torch.Tensor], float]:
+    """Scale the delta to global L2 norm <= max_norm (0: no clipping); return it and its original norm."""
+    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
+    if max_norm and norm > max_norm:
+        scale = max_norm / norm
+        delta = {k: t * scale for k, t in delta.items()}
+    return delta, norm
+
+
+@torch.no_grad()
+def response_loss(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 32) -> float:
+    """Mean cross-entropy (nats/token) on response tokens, as in training."""
+    rows = encode(tokenizer, examples)
+    total, count = 0.0, 0
+    model.eval()
+    for i in range(0, len(rows), batch_size):
+        batch = collate(rows[i : i + batch_size], tokenizer.pad_token_id)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        if n:
+            total += float(model(**batch, use_cache=False).loss) * n
+            count += n
+    return total / max(count, 1)
+
+
+def evaluate_adapter(
+    emu: Emulator, adapter: dict[str, torch.Tensor], examples: list[Example], lora_rank: int
+) -> tuple[float, float]:
+    """(accuracy %, response loss) of the emulator carrying the adapter on local examples."""
+    model = _with_adapter(emu, adapter, lora_rank)
+    return accuracy(model, emu.tokenizer, examples), response_loss(model, emu.tokenizer, examples)

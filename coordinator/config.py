@@ -1,0 +1,214 @@
+"""The federation's run configuration: `[tool.flwr.app.config]` keys, typed and checked.
+
+Flower hands the ServerApp `context.run_config` (pyproject defaults plus `--run-config` overrides).
+Every key has a default here, so a run config that lacks keys (e.g. `flwr.simulation.run_simulation`,
+which passes none) still runs the embedded default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedadam", "fedyogi")
+AGGREGATORS = ("fedavg", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties")
+LORA_AGGREGATIONS = ("ffa", "product")
+CODECS = ("fp16", "dare", "topk", "int8")
+CLIENT_EVAL = ("none", "final", "every")
+PARTITIONINGS = ("iid", "dirichlet", "pathological")
+EMULATOR_METHODS = ("crash", "uniform")
+
+
+class ConfigError(ValueError):
+    """A run-config key has a wrong type or value."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federated offsite-tuning run. Field `foo_bar` is run-config key `foo-bar`."""
+
+    # what to tune
+    model: str = "zoo:base"
+    task: str = "wn-category"
+    emulator: str = "crash"  # crash | uniform | path of a saved emulator directory
+    adapter_first: int = 2
+    adapter_last: int = 2
+    keep: int = 3
+    placement: str = "edges"
+    distill_steps: int = 0
+    calibration_texts: int = 256
+    standin_dtype: str = "float16"
+    # rounds and clients
+    rounds: int = 3
+    clients_per_round: int = 8
+    min_clients: int = 1
+    local_steps: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    lora_rank: int = 0
+    lora_aggregation: str = "ffa"
+    seed: int = 0
+    max_examples: int = 0
+    # data partitioning (read by clients from the same run config)
+    partitioning: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    classes_per_partition: int = 2
+    # server optimisation and merging
+    strategy: str = "fedavg"
+    server_lr: float = 1e-3
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    aggregator: str = "fedavg"
+    merge_density: float = 0.5
+    merge_p: float = 0.5
+    # uploads
+    codec: str = "fp16"
+    dare_p: float = 0.5
+    topk_fraction: float = 0.1
+    clip_norm: float = 0.0
+    max_update_norm: float = 0.0
+    # evaluation and reference
+    eval_size: int = 200
+    client_eval: str = "final"
+    full_ft_steps: int = 0
+    reference_report: str = ""
+    # run store, resume, timeouts
+    out_dir: str = "~/.offsite/runs"
+    run_name: str = ""
+    resume: bool = False
+    stop_after: int = 0
+    signing_key: str = ""
+    round_timeout: float = 600.0
+    query_timeout: float = 60.0
+    node_timeout: float = 120.0
+    threads: int = 0
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any] | None = None) -> FederationConfig:
+        """Build from a Flower run config (kebab-case keys); unknown keys are an error."""
+        run_config = dict(run_config or {})
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = {}
+        for key, value in run_config.items():
+            f = known[key]
+            values[f.name] = _coerce(key, value, type(getattr(cls, f.name)))
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case dict form (as in pyproject's [tool.flwr.app.config])."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        """A copy with some fields changed (snake_case names), checked."""
+        data = asdict(self)
+        data.update(changes)
+        cfg = FederationConfig(**data)
+        cfg.check()
+        return cfg
+
+    # --- checks ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        choices = {
+            "strategy": STRATEGIES,
+            "aggregator": AGGREGATORS,
+            "lora-aggregation": LORA_AGGREGATIONS,
+            "codec": CODECS,
+            "client-eval": CLIENT_EVAL,
+            "partitioning": PARTITIONINGS,
+            "standin-dtype": ("float16", "float32"),
+            "placement": ("edges", "spread"),
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key.replace("-", "_"))
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        positive = ["rounds", "clients_per_round", "min_clients", "local_steps", "batch_size", "eval_size"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        non_negative = [
+            "lora_rank", "distill_steps", "max_examples", "full_ft_steps", "stop_after", "threads",
+            "clip_norm", "max_update_norm", "adapter_first", "adapter_last",
+        ]  # fmt: skip
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0; got {getattr(self, name)}")
+        for name in ("round_timeout", "query_timeout", "node_timeout", "lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
+        if self.min_clients > self.clients_per_round:
+            raise ConfigError("min-clients cannot exceed clients-per-round")
+        if not 0 <= self.dare_p < 1 or not 0 <= self.merge_p < 1:
+            raise ConfigError("dare-p and merge-p must be in [0, 1)")
+        if not 0 < self.topk_fraction <= 1 or not 0 < self.merge_density <= 1:
+            raise ConfigError("topk-fraction and merge-density must be in (0, 1]")
+        if self.lora_rank and self.aggregator != "fedavg":
+            raise ConfigError(
+                "with lora-rank > 0, LoRA is merged by lora-aggregation; leave aggregator=fedavg"
+            )
+        if self.lora_rank and self.placement == "spread":
+            # emulator.plugin keys LoRA by block index; a weight-tied adapter block at several
+            # positions gets one LoRA per position, and their keys collide.
+            raise ConfigError("lora-rank > 0 needs placement=edges (LoRA on weight-tied adapter blocks)")
+        if self.lora_rank and self.lora_aggregation == "product" and self.strategy != "fedavg":
+            raise ConfigError("product-space LoRA re-factorises every round; use strategy=fedavg with it")
+        if (
+            self.emulator not in EMULATOR_METHODS
+            and not (Path(self.emulator).expanduser() / "manifest.json").exists()
+        ):
+            raise ConfigError(
+                f"emulator must be one of {', '.join(EMULATOR_METHODS)} or a saved emulator directory; "
+                f"got {self.emulator!r}"
+            )
+
+    @property
+    def method(self) -> str:
+        """The emulator derivation method ('crash'/'uniform'), or 'saved'."""
+        return self.emulator if self.emulator in EMULATOR_METHODS else "saved"
+
+
+def _coerce(key: str, value: Any, want: type) -> Any:
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif want is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif want is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"run-config key {key!r} must be {want.__name__}, got {value!r}")
+
+
+# Keys that may differ between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "rounds",
+        "resume",
+        "stop-after",
+        "round-timeout",
+        "query-timeout",
+        "node-timeout",
+        "threads",
+        "run-name",
+        "out-dir",
+    }
+)

@@ -1,0 +1,434 @@
+"""Offsite strategies: Flower's FedAvg/FedAdam/FedYogi with per-node messages and delta updates.
+
+`OffsiteStrategy` is a mixin put in front of a `flwr.serverapp.strategy` class:
+- `configure_train` samples nodes (seeded, with a timeout instead of Flower's endless wait), asks
+  the ones not known to hold the stand-in whether they do, and builds one message per node: the
+  signed fp16 global adapter, plus the signed stand-in only for nodes that lack it.
+- `aggregate_train` validates every reply against the schema, decodes its adapter delta, drops
+  bad updates (logged, the round goes on), merges the rest (FedAvg/TIES/DARE on whole blocks,
+  FFA-LoRA or product-space LoRA), and hands `previous + merged delta` to the parent class as a
+  single synthetic reply, so FedAvg returns it as is and FedAdam/FedYogi apply their server step.
+Per-node bytes and metrics of each round are kept in `round_log` for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
+
+from coordinator.aggregation import aggregate, ffa_mean, product_space_mean
+from coordinator.config import FederationConfig
+from coordinator.standin import StandIn, sign
+from protocols import codecs
+from protocols import schema as S
+from protocols.hashing import hash_state_dict
+from protocols.tensors import array_record_to_state_dict, state_dict_to_array_record
+
+log = logging.getLogger("offsite.coordinator")
+
+
+SETTLE_S = 10.0  # seconds an unchanged node count ends the wait for more nodes
+
+
+class NoNodesError(RuntimeError):
+    """Not enough nodes connected within the node timeout."""
+
+
+def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A float32 ArrayRecord of the server's master copy (never sent as is)."""
+    return ArrayRecord({k: Array(v.detach().cpu().float().contiguous().numpy()) for k, v in state.items()})
+
+
+def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Float32 tensors from an ArrayRecord."""
+    return {k: torch.from_numpy(np.array(a.numpy(), dtype=np.float32)) for k, a in record.items()}
+
+
+def record_sha256(record: ArrayRecord) -> str:
+    """SHA-256 of an ArrayRecord's tensors as sent (wire dtypes): the adapter manifest's content hash."""
+    return hash_state_dict(array_record_to_state_dict(record, dtype=None))
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of every record in a message's content."""
+    return int(sum(record.count_bytes() for record in content.values()))
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round, per node."""
+
+    server_round: int
+    sent: dict[int, dict] = field(default_factory=dict)
+    replies: dict[int, dict] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    query_seconds: float = 0.0
+    evaluate: dict[int, dict] = field(default_factory=dict)
+
+    def clients(self) -> list[dict]:
+        """One row per node the round addressed: bytes both ways, stand-in sent, metrics, outcome."""
+        rows = []
+        for node, sent in sorted(self.sent.items()):
+            reply = self.replies.get(node, {})
+            status = (
+                "ok" if node in self.replies
+                else "dropped" if node in self.dropped
+                else "failed" if node in self.failed
+                else "timeout"
+            )  # fmt: skip
+            rows.append(
+                {
+                    "node": node,
+                    "status": status,
+                    "reason": self.dropped.get(node) or self.failed.get(node) or "",
+                    "standin_sent": sent["standin"],
+                    "bytes_down": sent["bytes"],
+                    "bytes_up": reply.get("bytes", 0),
+                    **reply.get("metrics", {}),
+                }
+            )
+        return rows
+
+
+def _synthetic_reply(arrays: ArrayRecord) -> Message:
+    # A reply built from metadata directly: Message(content, dst, type) needs a runtime TaskIdentity.
+    meta = Metadata(0, "", 0, 0, "", "", time.time(), 3600.0, MessageType.TRAIN)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({S.NUM_EXAMPLES: 1})})
+    return Message(content=content, metadata=meta)
+
+
+class OffsiteStrategy:
+    """Mixin: use as `class X(OffsiteStrategy, FedAvg)`; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        standin: StandIn,
+        key: Ed25519PrivateKey,
+        template: dict[str, torch.Tensor],
+        **flwr_kwargs,
+    ):
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=cfg.min_clients,
+            min_evaluate_nodes=1,
+            min_available_nodes=cfg.min_clients,
+            **flwr_kwargs,
+        )
+        self.cfg = cfg
+        self.standin = standin
+        self.key = key
+        self.shapes = {k: tuple(v.shape) for k, v in template.items()}
+        self.holders: set[int] = set()
+        self.round_log = RoundLog(0)
+        self.last_trained: list[int] = []
+        self._prev: dict[str, torch.Tensor] | None = None
+
+    # --- nodes ----------------------------------------------------------------------------
+    def wait_for_nodes(self, grid: Grid, wanted: int) -> list[int]:
+        """Connected node ids: up to node-timeout for `wanted` of them, less once the count settles.
+
+        With at least min-clients connected, a count unchanged for SETTLE_S seconds ends the wait
+        (a simulation registers all its nodes at once); fewer than min-clients after node-timeout
+        raise NoNodesError. Nodes that join later are sampled in later rounds.
+        """
+        start = time.monotonic()
+        deadline = start + self.cfg.node_timeout
+        seen, since = -1, start
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            now = time.monotonic()
+            if len(nodes) != seen:
+                seen, since = len(nodes), now
+            if len(nodes) >= wanted:
+                return nodes
+            enough = len(nodes) >= self.cfg.min_clients
+            if enough and (now - since >= min(SETTLE_S, self.cfg.node_timeout) or now >= deadline):
+                log.warning("%d of %d wanted nodes connected; going on with them", len(nodes), wanted)
+                return nodes
+            if now >= deadline:
+                raise NoNodesError(
+                    f"{len(nodes)} node(s) connected after {self.cfg.node_timeout:.0f} s; "
+                    f"min-clients is {self.cfg.min_clients}"
+                )
+            log.info("waiting for nodes: %d connected, %d wanted", len(nodes), wanted)
+            time.sleep(min(1.0, max(0.05, deadline - now)))
+
+    def select(self, server_round: int, nodes: list[int]) -> list[int]:
+        """A seeded sample of clients-per-round nodes (all of them when fewer are connected)."""
+        k = min(self.cfg.clients_per_round, len(nodes))
+        rng = random.Random(f"offsite:{self.cfg.seed}:{server_round}")
+        return sorted(rng.sample(sorted(nodes), k))
+
+    def query_holders(self, grid: Grid, nodes: list[int]) -> None:
+        """Ask nodes not known to hold the stand-in whether they do (no answer in time: no)."""
+        unknown = [n for n in nodes if n not in self.holders]
+        if not unknown:
+            return
+        start = time.perf_counter()
+        config = ConfigRecord(S.new_config({S.STANDIN_HASH: self.standin.hash}))
+        messages = [
+            Message(
+                RecordDict({S.CONFIG_RECORD: config}), n, MessageType.QUERY, ttl=self.cfg.query_timeout + 30
+            )
+            for n in unknown
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.cfg.query_timeout):
+            if reply.has_error():
+                continue
+            try:
+                S.check_message("query-res", reply.content)
+                cfg = reply.content.config_records[S.CONFIG_RECORD]
+                if cfg[S.STANDIN_HASH] == self.standin.hash and cfg[S.HAS_STANDIN]:
+                    self.holders.add(reply.metadata.src_node_id)
+            except S.ProtocolError as err:
+                log.warning("bad query reply from node %s: %s", reply.metadata.src_node_id, err)
+        self.round_log.query_seconds += time.perf_counter() - start
+        log.info(
+            "stand-in holders among %d queried nodes: %d", len(unknown), len(set(unknown) & self.holders)
+        )
+
+    # --- payloads -------------------------------------------------------------------------
+    def signed_adapter(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str, bytes]:
+        """The fp16 wire copy of `arrays` with its signed manifest (made once per batch of messages)."""
+        wire = state_dict_to_array_record(record_to_state(arrays))
+        manifest, signature = sign(self.key, record_sha256(wire), "adapter", self.standin.hash, server_round)
+        return wire, manifest, signature
+
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, config: dict, nodes: list[int], message_type: str
+    ) -> list[Message]:
+        wire, manifest, signature = self.signed_adapter(server_round, arrays)
+        base = S.new_config(
+            {
+                **config,
+                S.ROUND: server_round,
+                S.STANDIN_HASH: self.standin.hash,
+                S.ADAPTER_MANIFEST: manifest,
+                S.ADAPTER_SIGNATURE: signature,
+            }
+        )
+        out = []
+        for node in nodes:
+            records: dict = {S.ADAPTER_RECORD: wire}
+            values = dict(base)
+            send_standin = node not in self.holders
+            if send_standin:
+                records[S.STANDIN_RECORD] = self.standin.record
+                values[S.STANDIN_MANIFEST] = self.standin.manifest_json
+                values[S.STANDIN_SIGNATURE] = self.standin.signature
+            records[S.CONFIG_RECORD] = ConfigRecord(values)
+            content = RecordDict(records)
+            out.append(Message(content, node, message_type, ttl=self.cfg.round_timeout + 60))
+            self.round_log.sent[node] = {"bytes": content_nbytes(content), "standin": send_standin}
+        return out
+
+    # --- training -------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Per-node train messages; the stand-in goes only to nodes that lack it."""
+        self.round_log = RoundLog(server_round)
+        self._prev = record_to_state(arrays)
+        if hasattr(self, "current_arrays"):  # FedOpt family: the point its server step starts from
+            self.current_arrays = {k: v.numpy() for k, v in self._prev.items()}
+        nodes = self.select(server_round, self.wait_for_nodes(grid, self.cfg.clients_per_round))
+        self.query_holders(grid, nodes)
+        messages = self._messages(server_round, arrays, dict(config), nodes, MessageType.TRAIN)
+        n_standin = sum(v["standin"] for v in self.round_log.sent.values())
+        log.info("round %d: training on %d node(s), stand-in sent to %d", server_round, len(nodes), n_standin)
+        return messages
+
+    def _allowed_names(self) -> list[frozenset[str]]:
+        names = frozenset(self.shapes)
+        if not self.cfg.lora_rank:
+            return [names]
+        b_only = frozenset(k for k in names if ".lora_A" not in k)
+        return [b_only] if self.cfg.lora_aggregation == "ffa" else [names, b_only]
+
+    def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
+        """Validated (delta, metrics) of one train reply; raises ProtocolError/ValueError if unusable."""
+        S.check_message("train-res", content)
+        encoded = codecs.from_records(
+            content.array_records[S.ADAPTER_RECORD], content.config_records[S.UPDATE_META_RECORD]
+        )
+        try:
+            names = frozenset(str(e["name"]) for e in json.loads(str(encoded.meta.get(codecs.META_LAYOUT))))
+        except (ValueError, TypeError, KeyError) as err:
+            raise S.ProtocolError(f"update layout unreadable: {err}") from None
+        if names not in self._allowed_names():
+            raise S.ProtocolError(f"update names {sorted(names)[:3]}… are not a trainable adapter set")
+        delta = codecs.decode(encoded, expected={k: self.shapes[k] for k in names})
+        norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
+        if self.cfg.max_update_norm and norm > self.cfg.max_update_norm:
+            raise ValueError(f"update norm {norm:.4g} exceeds max-update-norm {self.cfg.max_update_norm}")
+        metrics = dict(content.metric_records[S.METRICS_RECORD])
+        if not metrics[S.NUM_EXAMPLES] > 0:
+            raise ValueError("update reports no training examples")
+        metrics["update-norm"] = norm
+        return delta, metrics
+
+    def merge(self, deltas: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+        """The new global adapter from the previous one and the clients' deltas."""
+        prev = self._prev
+        if self.cfg.lora_rank:
+            states = [{k: prev[k] + d[k] if k in d else prev[k] for k in prev} for d in deltas]
+            if self.cfg.lora_aggregation == "ffa":
+                return ffa_mean(states, weights)
+            r = self.cfg.lora_rank
+            return product_space_mean(states, weights, scaling=2.0, rank=r)  # add_lora uses alpha = 2r
+        params = {
+            "ties": {"density": self.cfg.merge_density},
+            "magnitude_prune": {"density": self.cfg.merge_density},
+            "dare_linear": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
+            "dare_ties": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
+        }.get(self.cfg.aggregator, {})
+        merged = aggregate(self.cfg.aggregator, deltas, weights, **params)
+        return {k: prev[k] + merged[k].float() for k in prev}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate and merge client deltas; None if fewer than min-clients usable replies."""
+        usable = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.round_log.failed[node] = msg.error.reason or f"error {msg.error.code}"
+                self.holders.discard(node)  # maybe it lost the stand-in: ask again next time
+                log.warning("node %s failed: %s", node, self.round_log.failed[node].strip()[-300:])
+                continue
+            try:
+                delta, metrics = self.decode_update(msg.content)
+            except (S.ProtocolError, ValueError, KeyError, TypeError) as err:
+                self.round_log.dropped[node] = str(err)
+                log.warning("dropped the update of node %s: %s", node, err)
+                continue
+            self.holders.add(node)
+            self.round_log.replies[node] = {"bytes": content_nbytes(msg.content), "metrics": metrics}
+            usable.append((hash_state_dict(delta), node, delta, metrics))
+        if len(usable) < self.cfg.min_clients:
+            log.warning("round %d: %d usable update(s) < min-clients %d; global adapter unchanged",
+                        server_round, len(usable), self.cfg.min_clients)  # fmt: skip
+            return None, None
+        usable.sort(key=lambda u: u[0])  # an order independent of node ids makes the sum reproducible
+        self.last_trained = sorted(u[1] for u in usable)
+        weights = [float(u[3][S.NUM_EXAMPLES]) for u in usable]
+        candidate = self.merge([u[2] for u in usable], weights)
+        arrays, _ = super().aggregate_train(server_round, [_synthetic_reply(state_to_record(candidate))])
+        arrays = state_to_record(record_to_state(arrays))  # FedAdam/FedYogi steps come back as float64
+        return arrays, self._metrics([u[3] for u in usable], weights)
+
+    @staticmethod
+    def _metrics(metrics: list[dict], weights: list[float]) -> MetricRecord:
+        total = sum(weights)
+        out: dict = {"clients": len(metrics), S.NUM_EXAMPLES: int(total)}
+        for key in (S.TRAIN_LOSS, S.TRAIN_SECONDS, "update-norm"):
+            out[key] = sum(m[key] * w for m, w in zip(metrics, weights, strict=True)) / total
+        out[S.MAX_ABS_DELTA] = max(m[S.MAX_ABS_DELTA] for m in metrics)
+        out[S.PEAK_MEM_MB] = max(m[S.PEAK_MEM_MB] for m in metrics)
+        out[S.BYTES_UP] = int(sum(m[S.BYTES_UP] for m in metrics))
+        return MetricRecord(out)
+
+    def _check_and_log_replies(self, replies, is_train, validate=True):
+        # Real replies were checked in aggregate_train/aggregate_evaluate; the parent only ever sees
+        # the one synthetic reply, whose "Received 1 results" log line would mislead.
+        return list(replies), []
+
+    # --- client-side evaluation -----------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Evaluate messages for the nodes that trained this round (stand-in only where lacking)."""
+        nodes = [n for n in self.last_trained if n in set(grid.get_node_ids())]
+        saved = self.round_log.sent
+        self.round_log.sent = {}
+        try:
+            messages = self._messages(server_round, arrays, dict(config), nodes, MessageType.EVALUATE)
+        finally:
+            self.round_log.sent = saved
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted local accuracy/loss, keeping each node's figures in round_log.evaluate."""
+        rows = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log.warning("evaluation failed on node %s: %s", node, (msg.error.reason or "").strip()[-300:])
+                continue
+            try:
+                S.check_message("evaluate-res", msg.content)
+            except S.ProtocolError as err:
+                log.warning("bad evaluate reply from node %s: %s", node, err)
+                continue
+            m = dict(msg.content.metric_records[S.METRICS_RECORD])
+            self.round_log.evaluate[node] = m
+            rows.append(m)
+        if not rows:
+            return None
+        total = sum(m[S.NUM_EXAMPLES] for m in rows)
+        return MetricRecord(
+            {
+                "clients": len(rows),
+                S.NUM_EXAMPLES: int(total),
+                S.EVAL_ACCURACY: sum(m[S.EVAL_ACCURACY] * m[S.NUM_EXAMPLES] for m in rows) / total,
+                S.EVAL_LOSS: sum(m[S.EVAL_LOSS] * m[S.NUM_EXAMPLES] for m in rows) / total,
+            }
+        )
+
+    # --- persistence (checkpoints) --------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Server optimiser state (FedAdam/FedYogi moments) as tensors, for checkpoints."""
+        out = {}
+        for name in ("m_t", "v_t"):
+            value = getattr(self, name, None)
+            if value:
+                out[name] = {
+                    k: torch.from_numpy(np.array(v)) for k, v in value.items()
+                }  # dtype kept: exact resume
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict saved."""
+        for name, value in state.items():
+            setattr(self, name, {k: v.numpy() for k, v in value.items()})
+
+
+class OffsiteFedAvg(OffsiteStrategy, FedAvg):
+    """FedAvg (or a TIES/DARE merge) of adapter deltas."""
+
+
+class OffsiteFedAdam(OffsiteStrategy, FedAdam):
+    """FedAdam: the merged delta is the pseudo-gradient of a server-side Adam step."""
+
+
+class OffsiteFedYogi(OffsiteStrategy, FedYogi):
+    """FedYogi: the merged delta is the pseudo-gradient of a server-side Yogi step."""
+
+
+def make_strategy(
+    cfg: FederationConfig, standin: StandIn, key: Ed25519PrivateKey, template: dict[str, torch.Tensor]
+) -> OffsiteStrategy:
+    """The configured strategy class with the run's settings."""
+    if cfg.strategy == "fedavg":
+        return OffsiteFedAvg(cfg, standin, key, template)
+    opt = {"eta": cfg.server_lr, "eta_l": cfg.lr, "beta_1": cfg.server_beta1, "beta_2": cfg.server_beta2,
+           "tau": cfg.server_tau}  # fmt: skip
+    cls = OffsiteFedAdam if cfg.strategy == "fedadam" else OffsiteFedYogi
+    return cls(cfg, standin, key, template, **opt)
