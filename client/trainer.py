@@ -11,7 +11,7 @@ from torch import nn
 from emulator.data import Example
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.plugin import add_lora, load_lora_state, lora_state
+from emulator.plugin import attach_adapter, lora_state
 from emulator.train import TrainStats, collate, encode, tune
 
 
@@ -25,12 +25,7 @@ class LocalUpdate:
 
 def _with_adapter(emu: Emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
     """The emulator's model carrying the global adapter (whole blocks, or a peft LoRA wrapper)."""
-    if lora_rank == 0:
-        emu.load_adapter_state_dict(adapter)
-        return emu.model
-    model = add_lora(emu.model, emu.manifest.adapter_positions, lora_rank)
-    load_lora_state(model, adapter, emu.manifest.layout)
-    return model
+    return attach_adapter(emu, adapter, lora_rank)
 
 
 def train_adapter(

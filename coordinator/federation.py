@@ -28,7 +28,7 @@ from emulator.blocks import get_blocks
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.plugin import add_lora, load_lora_state, lora_state, plug_in, plug_in_lora
+from emulator.plugin import add_lora, attach_adapter, lora_state, plug_in, plug_in_lora
 from emulator.train import tune
 from emulator.zoo import load_model
 from protocols import schema as S
@@ -87,13 +87,7 @@ def initial_adapter(cfg: FederationConfig, full: nn.Module, emu: Emulator) -> di
 
 def emulator_with(emu: Emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
     """A copy of the emulator's model carrying the adapter."""
-    emu = Emulator(copy.deepcopy(emu.model), emu.manifest, emu.tokenizer)
-    if lora_rank == 0:
-        emu.load_adapter_state_dict(adapter)
-        return emu.model
-    model = add_lora(emu.model, emu.manifest.adapter_positions, lora_rank)
-    load_lora_state(model, adapter, emu.manifest.layout)
-    return model
+    return attach_adapter(Emulator(copy.deepcopy(emu.model), emu.manifest, emu.tokenizer), adapter, lora_rank)
 
 
 def plugged(full: nn.Module, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:

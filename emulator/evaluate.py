@@ -8,6 +8,17 @@ from torch import nn
 from emulator.data import Example
 
 
+def right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (B, T) input_ids and attention_mask tensors."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def choice_logprobs(
     model: nn.Module, tokenizer, prompt_ids: list[list[int]], cont_ids: list[list[int]], batch: int = 64
@@ -22,12 +33,7 @@ def choice_logprobs(
             p + c
             for p, c in zip(prompt_ids[start : start + batch], cont_ids[start : start + batch], strict=True)
         ]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = right_pad(seqs, pad)
         logits = model(
             input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
         ).logits.float()
@@ -52,12 +58,7 @@ def next_token_logprobs(
     out = []
     for start in range(0, len(prompt_ids), batch):
         chunk = prompt_ids[start : start + batch]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = right_pad(chunk, pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         last = torch.tensor([len(s) - 1 for s in chunk], device=device)
         out.append(

@@ -112,6 +112,16 @@ def load_lora_state(
     set_peft_model_state_dict(peft_model, remapped)
 
 
+def attach_adapter(emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
+    """The emulator's model (modified in place) carrying an adapter: whole blocks, or LoRA when lora_rank > 0."""
+    if lora_rank == 0:
+        emulator.load_adapter_state_dict(adapter)
+        return emulator.model
+    model = add_lora(emulator.model, emulator.manifest.adapter_positions, lora_rank)
+    load_lora_state(model, adapter, emulator.manifest.layout)
+    return model
+
+
 def plug_in_lora(full: nn.Module, state: dict[str, torch.Tensor], rank: int, **kwargs) -> PeftModel:
     """Return a peft model: a copy of `full` with the LoRA adapter placed at its block indices."""
     model = add_lora(copy.deepcopy(unwrap(full)), adapter_blocks_of(state), rank, **kwargs)
