@@ -8,16 +8,6 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.experiment import ExperimentConfig, format_table, run_experiment
-from tests.conftest import tiny_model
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path, zoo_tokenizer):
-    model = tiny_model("llama", layers=6, vocab=len(zoo_tokenizer))
-    model.config.pad_token_id = zoo_tokenizer.pad_token_id
-    model.save_pretrained(tmp_path / "tiny")
-    zoo_tokenizer.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
 
 
 def test_experiment_reports_every_stage_for_every_seed(tiny_checkpoint):

@@ -8,7 +8,9 @@ from tests.conftest import tiny_model
 
 def _examples():
     return [
-        Example(f"item {i} is {('fire', 'sky')[i % 2]}", (" red", " blue"), i % 2, None, ("red", "blue")[i % 2])
+        Example(
+            f"item {i} is {('fire', 'sky')[i % 2]}", (" red", " blue"), i % 2, None, ("red", "blue")[i % 2]
+        )
         for i in range(32)
     ]
 
