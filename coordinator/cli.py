@@ -261,5 +261,67 @@ def run_federated(
     )
 
 
+@app.command("merge")
+def merge_adapters(
+    config: Annotated[Path, typer.Argument(help="YAML merge config (mergekit-like); see docs/merging.md.")],
+    out: Annotated[Path, typer.Option(help="Directory for the merged Hugging Face checkpoint.")],
+    eval_size: Annotated[int, typer.Option(help="Test examples per task to score (0 = all).")] = 300,
+) -> None:
+    """Merge adapters from several runs or tasks into one model (TIES, DARE-TIES, task arithmetic...)."""
+    from coordinator.assets import resolve_model_spec
+    from coordinator.merge import MergeConfigError, load_spec, merge, save_merge_report
+    from emulator.data import DataError, load_task
+    from emulator.evaluate import accuracy
+    from emulator.plugin import export_checkpoint
+    from emulator.zoo import load_model
+
+    try:
+        spec = load_spec(config)
+        with console.status(f"Loading {spec.base_model}"):
+            full, tok = load_model(resolve_model_spec(spec.base_model))
+        with console.status(f"Merging {len(spec.sources)} adapters with {spec.method}"):
+            model, stats = merge(spec, full)
+        tasks = {name: load_task(name, "test") for name in spec.evaluate}
+    except (MergeConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    export_checkpoint(model, out, tokenizer=tok)
+    scores = {}
+    with _progress() as bar:
+        job = bar.add_task("Scoring the merged model", total=len(tasks), info="")
+        for name, examples in tasks.items():
+            bar.update(job, info=name)
+            scores[name] = accuracy(model, tok, examples[:eval_size] if eval_size else examples)
+            bar.advance(job)
+    for name, acc in scores.items():
+        console.print(f"{name}: {acc:.1f}% accuracy")
+    console.print(f"Merged checkpoint: {out}  (report {save_merge_report(out, spec, stats, scores)})")
+
+
+@app.command("dashboard")
+def dashboard(
+    store: Annotated[
+        str, typer.Option(help="Run store URL, as run-config store-url (default: offsite.db in --out-dir).")
+    ] = "",
+    out_dir: Annotated[Path, typer.Option(help="The runs' out-dir, for the default store.")] = Path(
+        "~/.offsite/runs"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+) -> None:
+    """Serve the web dashboard: runs, clients per round, curves, bytes, ε; live while runs go on."""
+    import uvicorn
+
+    from coordinator.dashboard import create_app
+    from coordinator.runstore import StoreError, default_store_url, public_url
+
+    url = store or default_store_url(out_dir)
+    try:
+        web = create_app(url)
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(f"Dashboard of {public_url(url)} on http://{host}:{port}/  (Ctrl-C stops it)")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     app()
