@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deployment-round.json")
     args = parser.parse_args()
+    # SIGTERM must unwind through `finally`, or the SuperLink/SuperNodes outlive the script.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="offsite-deploy-") as tmp:
         tmp = Path(tmp)
         net = Loopback(tmp)
