@@ -73,9 +73,26 @@ class ExperimentConfig:
 
 
 def _tune_whole(
-    model: nn.Module, tok, train: list[Example], params, cfg: ExperimentConfig, seed: int, lr: float
+    model: nn.Module,
+    tok,
+    train: list[Example],
+    params,
+    cfg: ExperimentConfig,
+    seed: int,
+    lr: float,
+    progress=None,
 ):
-    return tune(model, tok, train, params, steps=cfg.steps, lr=lr, batch_size=cfg.batch_size, seed=seed)
+    return tune(
+        model,
+        tok,
+        train,
+        params,
+        steps=cfg.steps,
+        lr=lr,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def _spread(values: list[float]) -> dict:
@@ -87,9 +104,16 @@ def _spread(values: list[float]) -> dict:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, progress: Progress | None = None, log: Callable[[str], None] = print
+    cfg: ExperimentConfig,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+    steps: Progress | None = None,
 ) -> dict:
-    """Run every stage for every seed and variant; return the report dict (see `format_table`)."""
+    """Run every stage for every seed and variant; return the report dict (see `format_table`).
+
+    `progress(stage, 1, 1)` follows finished stages; `steps(stage, done, total)` follows the training
+    steps and scored examples inside the current stage.
+    """
     t_start = time.perf_counter()
     full, tok = load_model(cfg.model)
     train = load_task(cfg.task, "train")[: cfg.n_train]
@@ -101,7 +125,14 @@ def run_experiment(
     results: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
     results["full"] = {}
 
+    current = ["setup"]
+
+    def sp(done: int, total: int, *_: object) -> None:
+        if steps:
+            steps(current[0], done, total)
+
     def timed(stage: str, fn):
+        current[0] = stage
         t = time.perf_counter()
         out = fn()
         timings.setdefault(stage, []).append(time.perf_counter() - t)
@@ -112,7 +143,7 @@ def run_experiment(
     def record(group: str, key: str, value: float) -> None:
         results[group].setdefault(key, []).append(value)
 
-    full_zs = timed("full zero-shot eval", lambda: accuracy(full, tok, test))
+    full_zs = timed("full zero-shot eval", lambda: accuracy(full, tok, test, progress=sp))
     log(f"full zero-shot: {full_zs:.1f}")
     adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
     emulators = {}
@@ -139,9 +170,13 @@ def run_experiment(
             p.requires_grad_(True)
         timed(
             "full FT (adapter)",
-            lambda ref=ref, params=params, seed=seed: _tune_whole(ref, tok, train, params, cfg, seed, cfg.lr),
+            lambda ref=ref, params=params, seed=seed: _tune_whole(
+                ref, tok, train, params, cfg, seed, cfg.lr, sp
+            ),
         )
-        record("full", "full FT (adapter)", timed("eval", lambda ref=ref: accuracy(ref, tok, test)))
+        record(
+            "full", "full FT (adapter)", timed("eval", lambda ref=ref: accuracy(ref, tok, test, progress=sp))
+        )
         ref = copy.deepcopy(full)
         params = list(ref.parameters())
         for p in params:
@@ -149,10 +184,10 @@ def run_experiment(
         timed(
             "full FT (all)",
             lambda ref=ref, params=params, seed=seed: _tune_whole(
-                ref, tok, train, params, cfg, seed, cfg.full_lr
+                ref, tok, train, params, cfg, seed, cfg.full_lr, sp
             ),
         )
-        record("full", "full FT (all)", timed("eval", lambda ref=ref: accuracy(ref, tok, test)))
+        record("full", "full FT (all)", timed("eval", lambda ref=ref: accuracy(ref, tok, test, progress=sp)))
         del ref
         for v in variants:
             if v.distill:
@@ -166,12 +201,16 @@ def run_experiment(
                 emu = copy.deepcopy(emu)
                 timed(
                     f"distill {v.method}",
-                    lambda emu=emu, seed=seed: distill(emu, full, *calib, steps=cfg.distill_steps, seed=seed),
+                    lambda emu=emu, seed=seed: distill(
+                        emu, full, *calib, steps=cfg.distill_steps, seed=seed, progress=sp
+                    ),
                 )
             else:
                 emu = copy.deepcopy(emulators[v.name])
             record(
-                v.name, "emulator zero-shot", timed("eval", lambda emu=emu: accuracy(emu.model, tok, test))
+                v.name,
+                "emulator zero-shot",
+                timed("eval", lambda emu=emu: accuracy(emu.model, tok, test, progress=sp)),
             )
             if cfg.lora_rank:
                 peft_model = add_lora(emu.model, emu.manifest.adapter_positions, cfg.lora_rank)
@@ -179,22 +218,30 @@ def run_experiment(
                 timed(
                     "emulator FT",
                     lambda m=peft_model, params=params, seed=seed: _tune_whole(
-                        m, tok, train, params, cfg, seed, cfg.lr
+                        m, tok, train, params, cfg, seed, cfg.lr, sp
                     ),
                 )
-                record(v.name, "emulator FT", timed("eval", lambda m=peft_model: accuracy(m, tok, test)))
+                record(
+                    v.name,
+                    "emulator FT",
+                    timed("eval", lambda m=peft_model: accuracy(m, tok, test, progress=sp)),
+                )
                 plugged = plug_in_lora(full, lora_state(peft_model, emu.manifest.layout), cfg.lora_rank)
             else:
                 params = emu.freeze_all_but_adapter()
                 timed(
                     "emulator FT",
                     lambda emu=emu, params=params, seed=seed: _tune_whole(
-                        emu.model, tok, train, params, cfg, seed, cfg.lr
+                        emu.model, tok, train, params, cfg, seed, cfg.lr, sp
                     ),
                 )
-                record(v.name, "emulator FT", timed("eval", lambda emu=emu: accuracy(emu.model, tok, test)))
+                record(
+                    v.name,
+                    "emulator FT",
+                    timed("eval", lambda emu=emu: accuracy(emu.model, tok, test, progress=sp)),
+                )
                 plugged = plug_in(full, emu.adapter_state_dict())
-            record(v.name, "plug-in", timed("eval", lambda m=plugged: accuracy(m, tok, test)))
+            record(v.name, "plug-in", timed("eval", lambda m=plugged: accuracy(m, tok, test, progress=sp)))
             log(
                 f"seed {seed} {v.name}: "
                 + ", ".join(f"{k} {vals[-1]:.1f}" for k, vals in results[v.name].items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -134,7 +136,26 @@ def exact_match(model: nn.Module, tokenizer, examples: list[Example]) -> float:
     return sum(p.strip() == e.target.strip() for p, e in zip(preds, examples, strict=True)) / len(examples)
 
 
-def accuracy(model: nn.Module, tokenizer, examples: list[Example]) -> float:
-    """The task's metric in percent: MC accuracy or exact match, chosen by the examples' kind."""
+def accuracy(
+    model: nn.Module,
+    tokenizer,
+    examples: list[Example],
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 64,
+) -> float:
+    """The task's metric in percent: MC accuracy or exact match, chosen by the examples' kind.
+
+    With `progress`, examples are scored `chunk` at a time and `progress(done, total)` follows them;
+    the figure is the same either way (each example scores on its own).
+    """
+    if not examples:
+        raise ValueError("no examples to score")
     fn = mc_accuracy if examples[0].kind == "mc" else exact_match
-    return 100.0 * fn(model, tokenizer, examples)
+    if progress is None:
+        return 100.0 * fn(model, tokenizer, examples)
+    hits = 0.0
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        hits += fn(model, tokenizer, part) * len(part)
+        progress(start + len(part), len(examples))
+    return 100.0 * hits / len(examples)

@@ -43,3 +43,15 @@ def test_tuning_learns_a_label_and_accuracy_rises(zoo_tokenizer):
     after = accuracy(model, zoo_tokenizer, exs)
     assert after == 100.0 and after > 100 * before - 1e-9
     assert stats.steps == 80 and stats.tokens > 0 and stats.peak_mem_mb > 0
+
+
+def test_accuracy_with_progress_scores_in_chunks_and_gives_the_same_figure(zoo_tokenizer):
+    model = tiny_model("llama", vocab=len(zoo_tokenizer))
+    examples = [
+        Example(prompt=f"word {i} is a", choices=[" noun", " verb", " adjective"], answer=i % 3)
+        for i in range(10)
+    ]
+    seen = []
+    chunked = accuracy(model, zoo_tokenizer, examples, progress=lambda d, t: seen.append((d, t)), chunk=4)
+    assert chunked == accuracy(model, zoo_tokenizer, examples)
+    assert seen == [(4, 10), (8, 10), (10, 10)]

@@ -1,0 +1,47 @@
+"""A separate process that writes a run into a store: `python -m tests.ops.store_writer URL DIR ROUNDS [--crash]`.
+
+Used by the concurrency test (two of these at once) and the crash test (`--crash`: after the
+finished rounds, start writing one more round and die with SIGKILL in the middle of it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from sqlalchemy import insert
+
+from coordinator.runstore.store import RunStore, client_row, round_row
+from coordinator.runstore.tables import client_rounds, rounds
+from tests.ops.entries import make_entry
+
+
+def main(argv: list[str]) -> None:
+    """Write ROUNDS rounds of 8 clients; with --crash, die half-way through round ROUNDS+1."""
+    url, run_dir, n = argv[0], argv[1], int(argv[2])
+    start_at = float(os.environ.get("START_AT", "0"))
+    pause = float(os.environ.get("PAUSE_S", "0"))
+    store = RunStore(url)
+    run_id = store.start_run(run_dir, {"rounds": n + 1}, n + 1, {"full zero-shot": 40.0}, {"hash": "x"})
+    while time.time() < start_at:  # both writers start together
+        time.sleep(0.005)
+    for rnd in range(1, n + 1):
+        store.round_started(run_id, rnd, list(range(8)))
+        store.record_round(run_id, make_entry(rnd, epsilon=0.5 * rnd))
+        time.sleep(pause)  # a round's worth of work, so the two writers' rounds interleave
+    if "--crash" in argv:
+        entry = make_entry(n + 1)
+        with store._write() as conn:
+            conn.execute(insert(rounds).values(run_id=run_id, recorded_at=time.time(), **round_row(entry)))
+            conn.execute(
+                insert(client_rounds),
+                [{"run_id": run_id, **client_row(n + 1, c)} for c in entry["clients"][:3]],
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+    store.finish_run(run_id, {"five_numbers": {"plug-in": 50.0}})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
