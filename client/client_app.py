@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.cache import StandinCache, cache_dir
+from client.control_trainer import evaluate_control_update, is_control, train_control_update
 from client.local_data import local_examples
-from client.trainer import clip_delta, evaluate_adapter, train_adapter
+from client.privacy import clip_update
+from client.secagg_app import is_secagg, secagg_train
+from client.trainer import evaluate_adapter, train_adapter
 from client.trust import check_payload
 from emulator.emulator import Emulator
 from protocols import codecs
@@ -100,6 +104,8 @@ def query(message: Message, context: Context) -> Message:
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Tune the global adapter locally and reply with its encoded delta and metrics."""
+    if is_secagg(message):  # a SecAgg+ stage (run-config secure-aggregation=true): client.secagg_app
+        return secagg_train(message, context)
     content = message.content
     S.check_message("train-ins", content)
     cfg = dict(content.config_records[S.CONFIG_RECORD])
@@ -110,7 +116,10 @@ def train(message: Message, context: Context) -> Message:
         context.node_config, context.run_config, cfg[S.TASK], "train", cfg[S.SEED], cfg.get(S.MAX_EXAMPLES, 0)
     )
     seed = derive_seed(cfg[S.SEED], cfg[S.ROUND], _site(context))
-    update = train_adapter(
+    train_fn = train_adapter
+    if is_control(emu):  # the stand-in's manifest says what it is; the control model is the adapter
+        train_fn = partial(train_control_update, cache_root=cache_dir(context.node_config))
+    update = train_fn(
         emu,
         adapter,
         examples,
@@ -121,7 +130,7 @@ def train(message: Message, context: Context) -> Message:
         batch_size=cfg.get(S.BATCH_SIZE, 16),
         seed=seed,
     )
-    delta, norm = clip_delta(update.delta, float(cfg.get(S.CLIP_NORM, 0.0)))
+    delta, norm = clip_update(update.delta, float(cfg.get(S.CLIP_NORM, 0.0)))
     encoded = codecs.encode(delta, cfg[S.CODEC], **_codec_params(cfg, seed))
     arrays, meta = codecs.to_records(encoded)
     metrics = MetricRecord(
@@ -155,7 +164,10 @@ def evaluate(message: Message, context: Context) -> Message:
     examples = local_examples(
         context.node_config, context.run_config, cfg[S.TASK], "test", cfg[S.SEED], cfg.get(S.MAX_EXAMPLES, 0)
     )
-    acc, loss = evaluate_adapter(emu, adapter, examples, cfg.get(S.LORA_RANK, 0))
+    if is_control(emu):
+        acc, loss = evaluate_control_update(emu, adapter, examples)
+    else:
+        acc, loss = evaluate_adapter(emu, adapter, examples, cfg.get(S.LORA_RANK, 0))
     metrics = MetricRecord({S.NUM_EXAMPLES: len(examples), S.EVAL_LOSS: loss, S.EVAL_ACCURACY: acc})
     reply = RecordDict({S.METRICS_RECORD: metrics})
     S.check_message("evaluate-res", reply)

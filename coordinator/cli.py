@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from coordinator.cli_control import generate, port
+from coordinator.cli_security import certs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -19,6 +22,9 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 app = typer.Typer(help="Offsite: tune a large model at sites that never see it.", no_args_is_help=True)
 zoo_app = typer.Typer(help="The embedded model zoo (built from WordNet, no network).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+app.command("certs")(certs)
+app.command("port")(port)
+app.command("generate")(generate)
 console = Console()
 
 
@@ -183,12 +189,17 @@ def experiment(
         total = 1 + n_variants + len(cfg.seeds) * (4 + n_variants * 4)
         total += len(cfg.seeds) * sum(v.endswith("+distill") for v in cfg.variants)
         job = bar.add_task("experiment", total=total, info="")
+        step_job = bar.add_task("  stage", total=1, info="")
 
         def cb(stage: str, _done: int, _total: int) -> None:
             bar.update(job, advance=1, info=stage)
 
+        def step_cb(stage: str, done: int, total: int) -> None:
+            unit = "examples scored" if stage.endswith("eval") else "steps"
+            bar.update(step_job, completed=done, total=total, info=f"{stage}: {unit}")
+
         try:
-            report = run_experiment(cfg, progress=cb, log=lambda m: bar.console.print(m))
+            report = run_experiment(cfg, progress=cb, log=lambda m: bar.console.print(m), steps=step_cb)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
     table = Table(title=f"{task} on {model} — accuracy % (mean ± std over {seeds} seeds)")

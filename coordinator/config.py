@@ -13,11 +13,16 @@ from typing import Any
 
 STRATEGIES = ("fedavg", "fedadam", "fedyogi")
 AGGREGATORS = ("fedavg", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties")
+# Byzantine-robust merges: Flower's own FedMedian / FedTrimmedAvg / Krum on the adapter (coordinator.robust).
+ROBUST_AGGREGATORS = ("fedmedian", "fedtrimmedavg", "krum")
+DP_MODES = ("none", "server", "client")
 LORA_AGGREGATIONS = ("ffa", "product")
 CODECS = ("fp16", "dare", "topk", "int8")
 CLIENT_EVAL = ("none", "final", "every")
 PARTITIONINGS = ("iid", "dirichlet", "pathological")
-EMULATOR_METHODS = ("crash", "uniform")
+# "full": the identity stand-in (the whole model, every block an adapter block), the FlowerTune-style baseline.
+EMULATOR_METHODS = ("crash", "uniform", "full")
+STANDINS = ("emulator", "control")
 
 
 class ConfigError(ValueError):
@@ -31,7 +36,7 @@ class FederationConfig:
     # what to tune
     model: str = "zoo:base"
     task: str = "wn-category"
-    emulator: str = "crash"  # crash | uniform | path of a saved emulator directory
+    emulator: str = "crash"  # crash | uniform | full | path of a saved emulator directory
     adapter_first: int = 2
     adapter_last: int = 2
     keep: int = 3
@@ -39,6 +44,13 @@ class FederationConfig:
     distill_steps: int = 0
     calibration_texts: int = 256
     standin_dtype: str = "float16"
+    # stand-in kind: an emulator of `model`, or a template + tiny control model (docs/control.md)
+    standin: str = "emulator"
+    control_template: str = "zoo:small"
+    control_layers: int = 2
+    control_hidden: int = 64
+    control_dropout: float = 0.5
+    control_alpha: float = 1.0
     # rounds and clients
     rounds: int = 3
     clients_per_round: int = 8
@@ -69,6 +81,17 @@ class FederationConfig:
     topk_fraction: float = 0.1
     clip_norm: float = 0.0
     max_update_norm: float = 0.0
+    # security (docs/security.md): robust merges, differential privacy, secure aggregation
+    trimmed_beta: float = 0.2
+    krum_malicious: int = 1
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clip_norm: float = 1.0
+    dp_delta: float = 1e-5
+    dp_max_epsilon: float = 0.0
+    secure_aggregation: bool = False
+    secagg_shares: int = 3
+    secagg_threshold: int = 2
     # evaluation and reference
     eval_size: int = 200
     client_eval: str = "final"
@@ -84,6 +107,9 @@ class FederationConfig:
     query_timeout: float = 60.0
     node_timeout: float = 120.0
     threads: int = 0
+    # operations: run store URL ('': SQLite out-dir/offsite.db, 'none': off), Prometheus port (0: off)
+    store_url: str = ""
+    metrics_port: int = 0
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -121,13 +147,15 @@ class FederationConfig:
         """Raise ConfigError for values that cannot work."""
         choices = {
             "strategy": STRATEGIES,
-            "aggregator": AGGREGATORS,
+            "aggregator": AGGREGATORS + ROBUST_AGGREGATORS,
+            "dp": DP_MODES,
             "lora-aggregation": LORA_AGGREGATIONS,
             "codec": CODECS,
             "client-eval": CLIENT_EVAL,
             "partitioning": PARTITIONINGS,
             "standin-dtype": ("float16", "float32"),
             "placement": ("edges", "spread"),
+            "standin": STANDINS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key.replace("-", "_"))
@@ -147,6 +175,15 @@ class FederationConfig:
         for name in ("round_timeout", "query_timeout", "node_timeout", "lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics-port must be in 0..65535 (0: off); got {self.metrics_port}")
+        if self.store_url and self.store_url.lower() != "none":
+            from coordinator.runstore.store import StoreError, check_store_url
+
+            try:
+                check_store_url(self.store_url)
+            except StoreError as exc:
+                raise ConfigError(f"store-url: {exc}") from exc
         if self.min_clients > self.clients_per_round:
             raise ConfigError("min-clients cannot exceed clients-per-round")
         if not 0 <= self.dare_p < 1 or not 0 <= self.merge_p < 1:
@@ -161,8 +198,22 @@ class FederationConfig:
             # emulator.plugin keys LoRA by block index; a weight-tied adapter block at several
             # positions gets one LoRA per position, and their keys collide.
             raise ConfigError("lora-rank > 0 needs placement=edges (LoRA on weight-tied adapter blocks)")
+        if self.emulator == "full" and self.distill_steps:
+            raise ConfigError(
+                "emulator=full removes nothing, so there is no middle to distil; set distill-steps=0"
+            )
+        self._check_security()
         if self.lora_rank and self.lora_aggregation == "product" and self.strategy != "fedavg":
             raise ConfigError("product-space LoRA re-factorises every round; use strategy=fedavg with it")
+        if self.standin == "control":
+            if self.lora_rank or self.full_ft_steps:
+                raise ConfigError(
+                    "standin=control trains the whole control model: set lora-rank=0, full-ft-steps=0"
+                )
+            if self.control_layers < 1 or self.control_hidden < 4 or self.control_hidden % 4:
+                raise ConfigError("control-layers must be >= 1 and control-hidden a positive multiple of 4")
+            if not 0 <= self.control_dropout < 1 or self.control_alpha < 0:
+                raise ConfigError("control-dropout must be in [0, 1) and control-alpha >= 0")
         if (
             self.emulator not in EMULATOR_METHODS
             and not (Path(self.emulator).expanduser() / "manifest.json").exists()
@@ -171,6 +222,33 @@ class FederationConfig:
                 f"emulator must be one of {', '.join(EMULATOR_METHODS)} or a saved emulator directory; "
                 f"got {self.emulator!r}"
             )
+
+    def _check_security(self) -> None:
+        """Robust merges, DP and SecAgg+ only where their guarantees hold (docs/security.md)."""
+        if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
+            raise ConfigError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
+        if self.aggregator in ROBUST_AGGREGATORS and self.lora_rank and self.lora_aggregation == "product":
+            raise ConfigError(
+                f"aggregator={self.aggregator} would merge LoRA A and B apart; use lora-aggregation=ffa"
+            )
+        if self.dp != "none":
+            if not (self.dp_clip_norm > 0 and self.dp_noise_multiplier > 0 and 0 < self.dp_delta < 1):
+                raise ConfigError("dp needs dp-clip-norm > 0, dp-noise-multiplier > 0 and 0 < dp-delta < 1")
+            if self.aggregator != "fedavg" or (self.lora_rank and self.lora_aggregation == "product"):
+                raise ConfigError(
+                    "dp calibrates noise for a plain mean: use aggregator=fedavg (and ffa for LoRA)"
+                )
+        if self.dp_max_epsilon < 0:
+            raise ConfigError("dp-max-epsilon must be >= 0 (0: no limit)")
+        if self.secure_aggregation:
+            if self.dp != "none" or self.strategy != "fedavg" or self.aggregator != "fedavg":
+                raise ConfigError(
+                    "secure-aggregation sums masked updates: it needs strategy=fedavg, aggregator=fedavg, dp=none"
+                )
+            if self.lora_rank and self.lora_aggregation == "product":
+                raise ConfigError("secure-aggregation averages tensors: use lora-aggregation=ffa with LoRA")
+            if not 2 <= self.secagg_threshold <= self.secagg_shares:
+                raise ConfigError("secagg needs 2 <= secagg-threshold <= secagg-shares")
 
     @property
     def method(self) -> str:
@@ -208,6 +286,8 @@ RESUMABLE_CHANGES = frozenset(
         "query-timeout",
         "node-timeout",
         "threads",
+        "store-url",
+        "metrics-port",
         "run-name",
         "out-dir",
     }

@@ -21,7 +21,10 @@ from torch import nn
 from coordinator.assets import resolve_model_spec
 from coordinator.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from coordinator.config import RESUMABLE_CHANGES, ConfigError, FederationConfig
+from coordinator.control_standin import evaluate_control, initial_control_adapter, is_control
+from coordinator.lineage import append_round, round_record
 from coordinator.report import build_report, format_summary, save_report
+from coordinator.runstore import Observers, RunObserver, observers_for
 from coordinator.standin import prepare_standin, signing_key
 from coordinator.strategy import OffsiteStrategy, make_strategy, record_to_state, state_to_record
 from emulator.blocks import get_blocks
@@ -32,6 +35,7 @@ from emulator.plugin import add_lora, attach_adapter, lora_state, plug_in, plug_
 from emulator.train import tune
 from emulator.zoo import load_model
 from protocols import schema as S
+from protocols.codecs import DARE_SAFE_MAX_ABS
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -73,6 +77,8 @@ def _check_resumable(saved: dict, cfg: FederationConfig) -> None:
 
 def initial_adapter(cfg: FederationConfig, full: nn.Module, emu: Emulator) -> dict[str, torch.Tensor]:
     """Round-0 global adapter: the full model's own adapter blocks, or a seeded fresh LoRA (B = 0)."""
+    if is_control(emu):
+        return initial_control_adapter(emu)
     if cfg.lora_rank == 0:
         blocks = get_blocks(full)
         return {
@@ -99,6 +105,8 @@ def evaluate_server(
     full: nn.Module, emu: Emulator, tok, adapter: dict, lora_rank: int, eval_set: list[Example]
 ) -> dict[str, float]:
     """Plug-in and emulator-FT accuracy (%) of the adapter on the server's eval set."""
+    if is_control(emu):
+        return evaluate_control(full, emu, tok, adapter, eval_set)
     return {
         "plug-in": accuracy(plugged(full, adapter, lora_rank), tok, eval_set),
         "emulator FT": accuracy(emulator_with(emu, adapter, lora_rank), tok, eval_set),
@@ -160,8 +168,11 @@ def train_config(cfg: FederationConfig) -> ConfigRecord:
         values[S.DARE_P] = cfg.dare_p
     if cfg.codec == "topk":
         values[S.TOPK_FRACTION] = cfg.topk_fraction
-    if cfg.clip_norm:
-        values[S.CLIP_NORM] = cfg.clip_norm
+    # Client-mode DP: sites clip to dp-clip-norm themselves (the coordinator checks it on arrival).
+    bounds = (cfg.clip_norm, cfg.dp_clip_norm if cfg.dp == "client" else 0.0)
+    clip = min((b for b in bounds if b), default=0.0)
+    if clip:
+        values[S.CLIP_NORM] = clip
     if cfg.max_examples:
         values[S.MAX_EXAMPLES] = cfg.max_examples
     return ConfigRecord(values)
@@ -191,21 +202,31 @@ def _client_eval(
     return {**dict(metrics), "per_node": {str(k): v for k, v in strategy.round_log.evaluate.items()}}
 
 
-def run_federation(grid: Grid, cfg: FederationConfig) -> dict | None:
-    """Run (or resume) a federated offsite-tuning run; return the report, or None if stopped early."""
+def run_federation(
+    grid: Grid, cfg: FederationConfig, observers: list[RunObserver] | None = None
+) -> dict | None:
+    """Run (or resume) a federated offsite-tuning run; return the report, or None if stopped early.
+
+    The run store and metrics named by the run config, plus `observers`, are told of its progress.
+    """
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    obs = observers_for(cfg.store_url, cfg.out_dir, cfg.rounds, cfg.metrics_port)
+    obs.observers += observers or []
     handler = logging.FileHandler(run_dir / "server.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("offsite").addHandler(handler)
     try:
-        return _run(grid, cfg, run_dir)
+        return _run(grid, cfg, run_dir, obs)
+    except BaseException as exc:
+        obs.run_failed(exc)
+        raise
     finally:
         logging.getLogger("offsite").removeHandler(handler)
         handler.close()
 
 
-def _run(grid: Grid, cfg: FederationConfig, run_dir: Path) -> dict | None:
+def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> dict | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     state = load_latest(run_dir) if cfg.resume else None
@@ -231,7 +252,7 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path) -> dict | None:
         adapter = initial_adapter(cfg, full, emu)
         baseline = {
             "full zero-shot": accuracy(full, tok, eval_set),
-            "emulator zero-shot": accuracy(emu.model, tok, eval_set),
+            "emulator zero-shot": accuracy(emu.model, emu.tokenizer or tok, eval_set),
         }
         log.info("baseline: %s", baseline)
         history: list[dict] = []
@@ -247,18 +268,27 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path) -> dict | None:
         )
         strategy = make_strategy(cfg, standin, key, adapter)
         strategy.load_state_dict(state["strategy"])
+    standin_info = {
+        "hash": standin.hash,
+        "bytes": standin.nbytes,
+        "method": emu.manifest.method,
+        "layout": emu.manifest.layout,
+        "adapter_blocks": emu.manifest.adapter_blocks,
+    }
+    obs.run_started(run_dir, cfg.to_run_config(), baseline, standin_info, history)
 
     arrays = state_to_record(adapter)
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         messages = list(strategy.configure_train(rnd, arrays, train_config(cfg), grid))
         t_sent = time.perf_counter()
+        obs.round_started(rnd, [m.metadata.dst_node_id for m in messages])
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
         t_replied = time.perf_counter()
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        adapter = record_to_state(arrays)
+        previous, adapter = adapter, record_to_state(arrays)
         evals = evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
         client_eval = None
         if cfg.client_eval == "every" or (cfg.client_eval == "final" and rnd == cfg.rounds):
@@ -273,14 +303,21 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path) -> dict | None:
             "train": dict(metrics) if metrics is not None else None,
             "client_eval": client_eval,
             "clients": strategy.round_log.clients(),
+            "rejected": len(strategy.round_log.dropped),  # updates that failed validation (dropped)
+            "privacy": strategy.privacy_spent(),
         }
         history.append(entry)
+        append_round(run_dir, key, round_record(rnd, standin.hash, previous, adapter, new_arrays is not None,
+                                                cfg.aggregator, strategy.round_log.merged, entry["privacy"]))  # fmt: skip
         save_checkpoint(run_dir, _state(rnd, cfg, standin.hash, adapter, baseline, history, strategy))
+        obs.round_finished(entry)
         log.info("round %d/%d: %d/%d updates, plug-in %.1f, emulator FT %.1f, %.1f s", rnd, cfg.rounds,
                  len(strategy.round_log.replies), len(messages), evals["plug-in"], evals["emulator FT"],
                  entry["wall_s"])  # fmt: skip
+        _warn_if_dare_unsafe(cfg, rnd, metrics)
         if cfg.stop_after and rnd == cfg.stop_after and rnd < cfg.rounds:
             log.info("stop-after %d reached: stopping; resume=true continues from this checkpoint", rnd)
+            obs.run_stopped(rnd)
             return None
 
     final = (
@@ -288,17 +325,26 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path) -> dict | None:
     )
     reference = centralised_reference(cfg, full, tok, emu.manifest.adapter_blocks, eval_set)
     save_file({k: v.contiguous() for k, v in adapter.items()}, str(run_dir / "adapter.safetensors"))
-    standin_info = {
-        "hash": standin.hash,
-        "bytes": standin.nbytes,
-        "method": emu.manifest.method,
-        "layout": emu.manifest.layout,
-        "adapter_blocks": emu.manifest.adapter_blocks,
-    }
     report = build_report(cfg.to_run_config(), run_dir, standin_info, baseline, history, final, reference)
+    report["privacy"] = strategy.privacy_spent()  # final ε (None without DP)
     path = save_report(report, run_dir / "report.json")
     log.info("report %s\n%s", path, format_summary(report))
+    obs.run_finished(report)
     return report
+
+
+def _warn_if_dare_unsafe(cfg: FederationConfig, rnd: int, metrics) -> None:
+    """Log the round's largest max|delta|, with a warning when DARE is in use and it is too large."""
+    if metrics is None or S.MAX_ABS_DELTA not in metrics:
+        return
+    largest = float(metrics[S.MAX_ABS_DELTA])
+    uses_dare = cfg.codec == "dare" or cfg.aggregator.startswith("dare")
+    if uses_dare and largest > DARE_SAFE_MAX_ABS:
+        log.warning("round %d: max|delta| %.4g > %.3g: DARE's drop-and-rescale is unreliable on deltas this "
+                    "large; lower dare-p/merge-p or local-steps, or use another codec", rnd, largest,
+                    DARE_SAFE_MAX_ABS)  # fmt: skip
+    else:
+        log.info("round %d: max|delta| %.4g", rnd, largest)
 
 
 def _state(rnd: int, cfg, standin_hash: str, adapter, baseline, history, strategy: OffsiteStrategy) -> dict:

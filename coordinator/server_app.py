@@ -40,6 +40,11 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         _plain_logging()
         cfg = FederationConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+        if cfg.secure_aggregation:  # SecAgg+ lives on Flower's legacy workflow path (coordinator.secagg_app)
+            from coordinator.secagg_app import run_secure
+
+            run_secure(grid, context, cfg)
+            return
         run_federation(grid, cfg)
 
     return server_app

@@ -107,7 +107,12 @@ def prepare_standin(
                     cfg.model,
                 )
         else:
-            emu = _derive(cfg, full, tokenizer)
+            if cfg.standin == "control":
+                from coordinator.control_standin import build_control_standin
+
+                emu = build_control_standin(cfg)
+            else:
+                emu = _derive(cfg, full, tokenizer)
             emu.model.to(getattr(torch, cfg.standin_dtype))  # the frozen middle travels in fp16 by default
             emu.save(tmp)
         tmp.rename(target)

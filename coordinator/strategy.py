@@ -30,7 +30,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
 from coordinator.aggregation import aggregate, ffa_mean, product_space_mean
-from coordinator.config import FederationConfig
+from coordinator.config import ROBUST_AGGREGATORS, FederationConfig
+from coordinator.privacy import CentralDP
+from coordinator.robust import robust_merge
 from coordinator.standin import StandIn, sign
 from protocols import codecs
 from protocols import schema as S
@@ -78,6 +80,8 @@ class RoundLog:
     failed: dict[int, str] = field(default_factory=dict)
     query_seconds: float = 0.0
     evaluate: dict[int, dict] = field(default_factory=dict)
+    # (node, SHA-256 of the decoded delta, num-examples) of each update merged: the lineage record
+    merged: list[tuple[int, str, float]] = field(default_factory=list)
 
     def clients(self) -> list[dict]:
         """One row per node the round addressed: bytes both ways, stand-in sent, metrics, outcome."""
@@ -138,6 +142,7 @@ class OffsiteStrategy:
         self.round_log = RoundLog(0)
         self.last_trained: list[int] = []
         self._prev: dict[str, torch.Tensor] | None = None
+        self.privacy = CentralDP(cfg) if cfg.dp != "none" else None
 
     # --- nodes ----------------------------------------------------------------------------
     def wait_for_nodes(self, grid: Grid, wanted: int) -> list[int]:
@@ -250,6 +255,9 @@ class OffsiteStrategy:
         nodes = self.select(server_round, self.wait_for_nodes(grid, self.cfg.clients_per_round))
         self.query_holders(grid, nodes)
         messages = self._messages(server_round, arrays, dict(config), nodes, MessageType.TRAIN)
+        if self.privacy is not None:  # Flower's DP wrapper notes the release it will account for
+            trained = sorted(self._allowed_names()[0])
+            messages = self.privacy.configure(server_round, self._prev, trained, messages, grid)
         n_standin = sum(v["standin"] for v in self.round_log.sent.values())
         log.info("round %d: training on %d node(s), stand-in sent to %d", server_round, len(nodes), n_standin)
         return messages
@@ -281,6 +289,8 @@ class OffsiteStrategy:
         if not metrics[S.NUM_EXAMPLES] > 0:
             raise ValueError("update reports no training examples")
         metrics["update-norm"] = norm
+        if self.privacy is not None:
+            delta = self.privacy.check_client_clipped(delta, norm)
         return delta, metrics
 
     def merge(self, deltas: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -298,6 +308,10 @@ class OffsiteStrategy:
             "dare_linear": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
             "dare_ties": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
         }.get(self.cfg.aggregator, {})
+        if self.cfg.aggregator in ROBUST_AGGREGATORS:
+            merged = robust_merge(self.cfg.aggregator, prev, deltas, weights, self.round_log.server_round,
+                                  trimmed_beta=self.cfg.trimmed_beta, krum_malicious=self.cfg.krum_malicious)  # fmt: skip
+            return {k: prev[k] + merged[k] if k in merged else prev[k] for k in prev}
         merged = aggregate(self.cfg.aggregator, deltas, weights, **params)
         return {k: prev[k] + merged[k].float() for k in prev}
 
@@ -325,11 +339,19 @@ class OffsiteStrategy:
         if len(usable) < self.cfg.min_clients:
             log.warning("round %d: %d usable update(s) < min-clients %d; global adapter unchanged",
                         server_round, len(usable), self.cfg.min_clients)  # fmt: skip
+            if self.privacy is not None:
+                self.privacy.skip(server_round)
             return None, None
         usable.sort(key=lambda u: u[0])  # an order independent of node ids makes the sum reproducible
         self.last_trained = sorted(u[1] for u in usable)
         weights = [float(u[3][S.NUM_EXAMPLES]) for u in usable]
-        candidate = self.merge([u[2] for u in usable], weights)
+        if self.privacy is not None:
+            candidate = self.privacy.aggregate(server_round, self._prev, [u[2] for u in usable])
+            if candidate is None:
+                return None, None
+        else:
+            candidate = self.merge([u[2] for u in usable], weights)
+        self.round_log.merged = [(u[1], u[0], w) for u, w in zip(usable, weights, strict=True)]
         arrays, _ = super().aggregate_train(server_round, [_synthetic_reply(state_to_record(candidate))])
         arrays = state_to_record(record_to_state(arrays))  # FedAdam/FedYogi steps come back as float64
         return arrays, self._metrics([u[3] for u in usable], weights)
@@ -402,11 +424,21 @@ class OffsiteStrategy:
                 out[name] = {
                     k: torch.from_numpy(np.array(v)) for k, v in value.items()
                 }  # dtype kept: exact resume
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.state_json()
         return out
+
+    def privacy_spent(self) -> dict | None:
+        """ε spent so far (DP runs), else None."""
+        return self.privacy.spent() if self.privacy is not None else None
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict saved."""
         for name, value in state.items():
+            if name == "privacy":
+                if self.privacy is not None:
+                    self.privacy.load_state_json(value)
+                continue
             setattr(self, name, {k: v.numpy() for k, v in value.items()})
 
 

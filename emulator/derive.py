@@ -19,7 +19,8 @@ from emulator.crash import (
 )
 from emulator.emulator import Emulator, Manifest, assemble, state_dict_hash
 
-METHODS = ("uniform", "crash")
+# "full" is the identity stand-in: every block, all of them adapter (the FlowerTune-style baseline).
+METHODS = ("uniform", "crash", "full")
 PLACEMENTS = ("edges", "spread")
 
 
@@ -43,6 +44,8 @@ class EmulatorOptions:
         """Raise ValueError if these options cannot apply to a model of n_blocks blocks."""
         if self.method not in METHODS:
             raise ValueError(f"unknown emulator method {self.method!r}; choose one of {METHODS}")
+        if self.method == "full":
+            return  # first/last/keep do not apply: nothing is removed
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown adapter placement {self.placement!r}; choose one of {PLACEMENTS}")
         if self.placement == "spread" and self.method != "crash":
@@ -69,7 +72,9 @@ def derive_emulator(
     first, last = list(range(options.first)), list(range(n - options.last, n))
     middle = list(range(options.first, n - options.last))
     clusters = None
-    if options.method == "uniform":
+    if options.method == "full":
+        layout, adapter = list(range(n)), list(range(n))
+    elif options.method == "uniform":
         layout = first + uniform_keep(middle, options.keep) + last
         adapter = first + last
     else:

@@ -41,6 +41,9 @@ ADAPTER_SIGNATURE = "adapter-signature"  # bytes
 STANDIN_MANIFEST = "standin-manifest"
 STANDIN_SIGNATURE = "standin-signature"
 HAS_STANDIN = "has-standin"
+# SecAgg+ fit config (legacy path): adapter tensor names in parameter order, and the LoRA merge mode.
+ADAPTER_NAMES = "adapter-names"
+LORA_AGGREGATION = "lora-aggregation"
 
 # Python types each config key must carry; bool is excluded from int on purpose (True == 1).
 CONFIG_TYPES: dict[str, tuple[type, ...]] = {
@@ -63,6 +66,8 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     STANDIN_MANIFEST: (str,),
     STANDIN_SIGNATURE: (bytes,),
     HAS_STANDIN: (bool,),
+    ADAPTER_NAMES: (str,),
+    LORA_AGGREGATION: (str,),
 }
 
 # --- metric names ---------------------------------------------------------------------------

@@ -141,9 +141,13 @@ def test_product_space_lora_trains_a_and_refactorises(small_run, tmp_path):
     assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
 
 
-def test_dare_upload_and_ties_merge(small_run, tmp_path):
-    report, _ = run({**small_run, "rounds": 1, "codec": "dare", "dare-p": 0.5, "aggregator": "ties",
-                     "client-eval": "none"}, tmp_path)  # fmt: skip
+def test_dare_upload_and_ties_merge(small_run, tmp_path, caplog):
+    # lr 0.05 makes deltas far larger than DARE tolerates: the coordinator must say so.
+    with caplog.at_level("INFO", logger="offsite"):
+        report, _ = run({**small_run, "rounds": 1, "codec": "dare", "dare-p": 0.5, "aggregator": "ties",
+                         "client-eval": "none", "lr": 0.05}, tmp_path)  # fmt: skip
+    assert report["rounds"][0]["train"]["max-abs-delta"] > 0.005
+    assert any("DARE's drop-and-rescale is unreliable" in r.getMessage() for r in caplog.records)
     rows = report["rounds"][0]["clients"]
     assert all(r["status"] == "ok" for r in rows)
     fp16, _ = run({**small_run, "rounds": 1, "run-name": "fp16", "client-eval": "none"}, tmp_path)

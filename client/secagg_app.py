@@ -1,0 +1,92 @@
+"""SecAgg+ at a site: Flower's `secaggplus_mod` around a legacy-format fit that returns the adapter delta.
+
+With run-config `secure-aggregation=true` the coordinator runs Flower's `SecAggPlusWorkflow` (flwr
+1.41: legacy API path only). Its train messages carry a "secaggplus" ConfigRecord; `client_app.train`
+routes them here. The mod runs the protocol stages (key setup, key-share exchange, masking,
+unmasking); in the masking stage it calls `fit`, which trains exactly as the plain path does (same
+stand-in cache, signature check, local data, trainer, clipping) and returns the delta as a legacy
+FitRes. The mod quantises and masks it, so the coordinator only ever sees the masked vector and,
+after unmasking, the sum. The stand-in was delivered beforehand by a plain evaluate message.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+
+from client.cache import StandinCache, cache_dir
+from client.local_data import local_examples
+from client.privacy import clip_update
+from client.trainer import train_adapter
+from client.trust import check_payload
+from protocols import schema as S
+from protocols.hashing import hash_state_dict
+
+REQUIRED = (S.ROUND, S.STANDIN_HASH, S.LOCAL_STEPS, S.LR, S.LORA_RANK, S.SEED, S.TASK, S.ADAPTER_NAMES,
+            S.ADAPTER_MANIFEST, S.ADAPTER_SIGNATURE)  # fmt: skip
+OPTIONAL = (S.BATCH_SIZE, S.MAX_EXAMPLES, S.CLIP_NORM, S.LORA_AGGREGATION)
+
+
+def is_secagg(message: Message) -> bool:
+    """Whether a train message belongs to a SecAgg+ round (it carries the protocol's ConfigRecord)."""
+    return RECORD_KEY_CONFIGS in message.content.config_records
+
+
+def secagg_train(message: Message, context: Context) -> Message:
+    """One SecAgg+ stage at this site (Flower's mod), with `fit` as the local training step."""
+    return secaggplus_mod(message, context, fit)
+
+
+def fit(message: Message, context: Context) -> Message:
+    """Verify the signed global adapter, tune it locally, reply with the (clipped) delta as a FitRes."""
+    from client.client_app import derive_seed  # late: client_app imports this module
+
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    cfg = dict(fitins.config)
+    S.validate_config(cfg, REQUIRED, OPTIONAL)
+    names = json.loads(cfg[S.ADAPTER_NAMES])
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    adapter = {n: torch.from_numpy(np.array(a, dtype=np.float32)) for n, a in zip(names, arrays, strict=True)}
+    check_payload(
+        context.node_config,
+        cfg[S.ADAPTER_MANIFEST],
+        cfg[S.ADAPTER_SIGNATURE],
+        hash_state_dict(adapter),
+        "adapter",
+    )
+    cache = StandinCache(cache_dir(context.node_config))
+    digest = cfg[S.STANDIN_HASH]
+    if not cache.has(digest):
+        raise S.ProtocolError(
+            f"stand-in {digest[:12]}… is not in this site's cache; it must be delivered first"
+        )
+    emu = cache.load(digest)
+    if emu.tokenizer.pad_token_id is None:
+        emu.tokenizer.pad_token = emu.tokenizer.eos_token
+    examples = local_examples(
+        context.node_config, context.run_config, cfg[S.TASK], "train", cfg[S.SEED], cfg.get(S.MAX_EXAMPLES, 0)
+    )
+    site = context.node_config.get("partition-id", context.node_id)
+    update = train_adapter(
+        emu,
+        adapter,
+        examples,
+        lora_rank=cfg[S.LORA_RANK],
+        train_lora_a=cfg.get(S.LORA_AGGREGATION, "ffa") == "product",
+        steps=cfg[S.LOCAL_STEPS],
+        lr=float(cfg[S.LR]),
+        batch_size=cfg.get(S.BATCH_SIZE, 16),
+        seed=derive_seed(cfg[S.SEED], cfg[S.ROUND], site),
+    )
+    delta, _ = clip_update(update.delta, float(cfg.get(S.CLIP_NORM, 0.0)))
+    order = sorted(delta)
+    parameters = ndarrays_to_parameters([delta[k].numpy().astype(np.float32) for k in order])
+    fitres = FitRes(Status(Code.OK, "ok"), parameters, len(examples), {})  # order: sorted trained names
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)

@@ -1,0 +1,129 @@
+"""`offsite port` and `offsite generate`: put a control model or a proxy-tuning expert to use at decode time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]Error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _load_control(path: Path):
+    """(control model, tokenizer) from a control directory or a finished `standin=control` run directory."""
+    from emulator.control.model import CONTROL_METHOD, control_from_state, load_control
+
+    if (path / "config.json").exists():
+        return load_control(path)
+    manifest = path / "standin" / "manifest.json"
+    if manifest.exists() and (path / "adapter.safetensors").exists():
+        from transformers import AutoTokenizer
+
+        from coordinator.federation import load_adapter
+
+        meta = json.loads(manifest.read_text())
+        if meta.get("method") != CONTROL_METHOD:
+            raise ValueError(f"{path} is a run with an emulator stand-in, not a control model")
+        tok = AutoTokenizer.from_pretrained(path / "standin", local_files_only=True)
+        return control_from_state(meta["options"]["control_config"], load_adapter(path)), tok
+    raise FileNotFoundError(f"{path} is neither a control model directory nor a finished control run")
+
+
+def port(
+    control: Annotated[
+        Path, typer.Option(help="Control model directory, or a finished standin=control run.")
+    ],
+    target: Annotated[str, typer.Option(help="Target model: zoo:NAME or a local checkpoint directory.")],
+    out: Annotated[Path, typer.Option(help="Where to write control/ and token_map.safetensors.")],
+) -> None:
+    """Map a control model onto a target's vocabulary (PM-MinED) and save both, with coverage statistics."""
+    from emulator.control.model import save_control
+    from emulator.control.token_map import map_tokenizers
+    from emulator.zoo import load_model
+
+    try:
+        model, ctok = _load_control(control)
+        _, ttok = load_model(target)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    tmap = map_tokenizers(ttok, ctok)
+    save_control(model, ctok, out / "control")
+    tmap.save(out / "token_map.safetensors")
+    (out / "port.json").write_text(json.dumps({"target": target, "stats": tmap.stats}, indent=2) + "\n")
+    table = Table("target vocab", "exact", "approximate", "special", "unmapped", "seconds")
+    s = tmap.stats
+    table.add_row(str(s["target_vocab"]), *(f"{100 * s.get(k + '_share', 0):.1f}%" for k in
+                  ("exact", "approximate", "special", "unmapped")), f"{s.get('seconds', 0):.2f}")  # fmt: skip
+    console.print(table)
+    console.print(f"Ported control model written to {out}")
+
+
+def generate(
+    prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat for a batch).")],
+    model: Annotated[
+        str, typer.Option(help="Target / base model: zoo:NAME or a local checkpoint.")
+    ] = "zoo:base",
+    control: Annotated[Path | None, typer.Option(help="A directory written by `offsite port`.")] = None,
+    proxy: Annotated[
+        Path | None,
+        typer.Option(help="Proxy-tuning expert: a peft adapter directory (or a checkpoint with --anti)."),
+    ] = None,
+    anti: Annotated[str, typer.Option(help="Anti-expert (the untuned small model).")] = "zoo:small",
+    alpha: Annotated[float, typer.Option(help="Strength of the control shift / expert difference.")] = 1.0,
+    max_new_tokens: int = 16,
+    temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> None:
+    """Decode with a ported control model (--control) or proxy-tuning (--proxy), or the model alone."""
+    from emulator.zoo import load_model
+
+    if control is not None and proxy is not None:
+        _fail("choose --control or --proxy, not both")
+    try:
+        target, tok = load_model(model)
+        if control is not None:
+            from emulator.control.model import load_control
+            from emulator.control.port import generate_with_control
+            from emulator.control.token_map import load_token_map, map_tokenizers
+
+            cmodel, ctok = load_control(control / "control" if (control / "control").is_dir() else control)
+            map_path = control / "token_map.safetensors"
+            tmap = load_token_map(map_path) if map_path.exists() else map_tokenizers(tok, ctok)
+            if tmap.index.numel() != len(tok):
+                raise ValueError(
+                    f"{map_path} was made for another target vocabulary; run `offsite port` again"
+                )
+            new = generate_with_control(target, tok, cmodel, ctok, tmap, prompt, alpha=alpha,
+                                        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                        seed=seed)  # fmt: skip
+        else:
+            from emulator.proxy import SmallPair, check_same_vocab, proxy_generate
+
+            pair = None
+            if proxy is not None:
+                small, stok = load_model(anti)
+                check_same_vocab(tok, stok, target, small)
+                if (proxy / "adapter_config.json").exists():
+                    from peft import PeftModel
+
+                    pair = SmallPair(PeftModel.from_pretrained(small, proxy).eval())
+                else:
+                    expert, etok = load_model(str(proxy))
+                    check_same_vocab(tok, etok, target, expert)
+                    pair = SmallPair(expert, small)
+            new = proxy_generate(target, tok, prompt, pair, alpha=alpha, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    for p, ids in zip(prompt, new, strict=True):
+        console.print(f"[bold]{p}[/bold]{tok.decode(ids, skip_special_tokens=True)}")

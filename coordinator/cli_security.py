@@ -1,0 +1,72 @@
+"""`offsite certs`: the TLS and key material of a deployment (protocols.tls, protocols.signing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protocols.signing import generate_signing_key, save_private_key, save_public_key
+from protocols.tls import make_certificates
+
+console = Console()
+
+
+def certs(
+    out: Annotated[
+        Path, typer.Option(help="Directory for the files (created; existing files are kept).")
+    ] = Path("certs"),
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra name or IP of the SuperLink (repeatable); localhost/127.0.0.1/::1 are always in."
+        ),
+    ] = None,
+    nodes: Annotated[
+        int, typer.Option(min=0, help="SuperNode auth key pairs to make (node-1 .. node-N).")
+    ] = 2,
+    signing_key: Annotated[
+        bool,
+        typer.Option(help="Also make the coordinator's Ed25519 payload signing key (coordinator.pem/.pub)."),
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing files (locks out nodes using the old CA).")
+    ] = False,
+) -> None:
+    """Make a CA, the SuperLink's TLS certificate (with its SANs) and EC SuperNode keys for node auth."""
+    signer = out / "coordinator.pem"
+    if signing_key and signer.exists() and not overwrite:
+        console.print(f"[red]Error:[/red] {signer} exists; pass --overwrite to replace it")
+        raise typer.Exit(2)
+    try:
+        paths = make_certificates(out, sans=san or (), n_nodes=nodes, overwrite=overwrite)
+    except FileExistsError as exc:
+        console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    rows = [
+        ("CA certificate", paths.ca_cert, "SuperLink --ssl-ca-certfile; SuperNode/flwr --root-certificates"),
+        ("CA key", paths.ca_key, "keep offline"),
+        ("SuperLink certificate", paths.server_cert, "flower-superlink --ssl-certfile"),
+        ("SuperLink key", paths.server_key, "flower-superlink --ssl-keyfile"),
+    ]
+    for private, public in zip(paths.node_private_keys, paths.node_public_keys, strict=True):
+        rows.append((f"{private.stem} private key", private, "flower-supernode --auth-supernode-private-key"))
+        rows.append((f"{public.stem} public key", public, "flwr supernode register"))
+    if signing_key:
+        key = generate_signing_key()
+        save_private_key(key, signer)
+        save_public_key(key, out / "coordinator.pub")
+        rows.append(("payload signing key", signer, "run-config signing-key"))
+        rows.append(("payload verify key", out / "coordinator.pub", "SuperNode node-config coordinator-key"))
+    table = Table(title=f"Deployment material in {out}")
+    for column in ("what", "file", "use with"):
+        table.add_column(column)
+    for what, path, use in rows:
+        table.add_row(what, str(path), use)
+    console.print(table)
+    console.print(
+        "Next: docs/security.md (TLS SuperLink with --enable-supernode-auth, `flwr supernode register`)."
+    )
