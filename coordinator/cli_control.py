@@ -116,7 +116,7 @@ def generate(
                 if (proxy / "adapter_config.json").exists():
                     from peft import PeftModel
 
-                    pair = SmallPair(PeftModel.from_pretrained(small, proxy).eval())
+                    pair = SmallPair.split(PeftModel.from_pretrained(small, proxy).eval())
                 else:
                     expert, etok = load_model(str(proxy))
                     check_same_vocab(tok, etok, target, expert)

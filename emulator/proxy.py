@@ -48,6 +48,21 @@ class SmallPair:
                 "without an anti-expert model, the expert must be a peft model (its base is the anti-expert)"
             )
 
+    @classmethod
+    def split(cls, peft_expert: nn.Module) -> SmallPair:
+        """Two plain models from one peft expert: its LoRA merged in, and its base without LoRA.
+
+        Faster per token than the mixed batch where peft's per-layer sub-batch dispatch dominates
+        (small models, CPU), at the cost of a second copy of the small model's weights.
+        """
+        import copy
+
+        if not hasattr(peft_expert, "peft_config"):
+            raise ValueError("SmallPair.split needs a peft model (LoRA expert)")
+        expert = copy.deepcopy(peft_expert).merge_and_unload().eval()
+        anti = copy.deepcopy(peft_expert).unload().eval()
+        return cls(expert, anti)
+
     @property
     def mixed(self) -> bool:
         """Whether expert and anti-expert share weights and run as one batch."""

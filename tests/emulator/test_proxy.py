@@ -68,6 +68,11 @@ def test_mixed_peft_batch_equals_two_separate_models(models):
     e, a = SmallPair(expert).full(ids["input_ids"], ids["attention_mask"])
     e2, a2 = SmallPair(merged, small).full(ids["input_ids"], ids["attention_mask"])
     assert torch.allclose(e, e2, atol=1e-4) and torch.allclose(a, a2, atol=1e-5)
+    split = SmallPair.split(expert)  # built from the peft expert: merged copy + LoRA-free base
+    assert not split.mixed and not hasattr(split.anti, "peft_config")
+    assert proxy_generate(base, tok, PROMPTS, split, alpha=2.0, max_new_tokens=5) == mixed
+    with pytest.raises(ValueError, match="needs a peft model"):
+        SmallPair.split(small)
 
 
 def test_alpha_zero_is_the_base_alone_and_sampling_is_seeded(models):
