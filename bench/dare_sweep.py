@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def run_one(entry: dict, args: argparse.Namespace, out_dir: Path) -> dict:
         "out-dir": str(out_dir),
         "run-name": name,
         "threads": 1,
+        "round-timeout": args.round_timeout,
     }
     t0 = time.perf_counter()
     simulate(ROOT, overrides, args.supernodes)
@@ -90,6 +92,10 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=30)
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--supernodes", type=int, default=8)
+    parser.add_argument(
+        "--round-timeout", type=float, default=3600.0, help="seconds; generous on a loaded machine"
+    )
+    parser.add_argument("--redo", action="store_true", help="rerun runs already in the results file")
     parser.add_argument("--runs-dir", type=Path, default=Path("~/.offsite/bench-dare").expanduser())
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dare_sweep.json")
     args = parser.parse_args()
@@ -99,6 +105,10 @@ def main() -> None:
     studies = list(STUDIES) if args.study == "all" else [args.study]
     for study in studies:
         for entry in STUDIES[study]:
+            if entry["name"] in results["runs"] and not args.redo:
+                print(f"{entry['name']}: already in {args.out}; --redo reruns it")
+                continue
+            shutil.rmtree(args.runs_dir / entry["name"], ignore_errors=True)
             row = run_one(entry, args, args.runs_dir)
             row["study"] = study
             results["runs"][row["name"]] = row
