@@ -26,6 +26,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
@@ -142,6 +143,7 @@ class OffsiteStrategy:
         self.round_log = RoundLog(0)
         self.last_trained: list[int] = []
         self._prev: dict[str, torch.Tensor] | None = None
+        self._outbox: list[Message] = []  # the last batch of messages built, to match replies to
         self.privacy = CentralDP(cfg) if cfg.dp != "none" else None
 
     # --- nodes ----------------------------------------------------------------------------
@@ -241,7 +243,20 @@ class OffsiteStrategy:
             content = RecordDict(records)
             out.append(Message(content, node, message_type, ttl=self.cfg.round_timeout + 60))
             self.round_log.sent[node] = {"bytes": content_nbytes(content), "standin": send_standin}
+        self._outbox = out
         return out
+
+    def reply_node(self, msg: Message) -> int:
+        """The node a reply stands for: its sender, or the addressee of the message it answers.
+
+        An error the SuperLink makes on a node's behalf (node unavailable: no heartbeat) comes from
+        SUPERLINK_NODE_ID; the grid gave our messages their ids when it pushed them.
+        """
+        src = msg.metadata.src_node_id
+        if src != SUPERLINK_NODE_ID:
+            return src
+        answered = msg.metadata.reply_to_message_id
+        return next((m.metadata.dst_node_id for m in self._outbox if m.metadata.message_id == answered), src)
 
     # --- training -------------------------------------------------------------------------
     def configure_train(
@@ -321,7 +336,7 @@ class OffsiteStrategy:
         """Validate and merge client deltas; None if fewer than min-clients usable replies."""
         usable = []
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = self.reply_node(msg)
             if msg.has_error():
                 self.round_log.failed[node] = msg.error.reason or f"error {msg.error.code}"
                 self.holders.discard(node)  # maybe it lost the stand-in: ask again next time
@@ -390,7 +405,7 @@ class OffsiteStrategy:
         """Example-weighted local accuracy/loss, keeping each node's figures in round_log.evaluate."""
         rows = []
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = self.reply_node(msg)
             if msg.has_error():
                 log.warning("evaluation failed on node %s: %s", node, (msg.error.reason or "").strip()[-300:])
                 continue

@@ -1,7 +1,9 @@
 """Real Flower processes on loopback for tests: a SuperLink, SuperNodes and the `flwr` CLI.
 
 Every process runs in its own session and is killed with its process group at the end; every wait
-is bounded.
+is bounded. `Loopback(tmp)` is insecure; `Loopback(tmp, secure=True)` serves TLS with a private CA
+(`protocols.tls.make_certificates`, what `offsite certs` writes) and `--enable-supernode-auth`:
+SuperNodes then need an EC key whose public half was registered with `flwr supernode register`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from protocols.tls import CertificatePaths, make_certificates, make_node_key
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -71,12 +76,12 @@ class Processes:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(self.logs.glob("*.log")))
 
 
-def wait_http(url: str, timeout: float) -> None:
-    """Wait until `url` answers 2xx; TimeoutError after `timeout` seconds."""
+def wait_http(url: str, timeout: float, verify: ssl.SSLContext | bool = True) -> None:
+    """Wait until `url` answers 2xx (TLS checked against `verify`); TimeoutError after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=1.0).is_success:
+            if httpx.get(url, timeout=1.0, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -99,9 +104,12 @@ def base_env() -> dict[str, str]:
 
 
 class Loopback:
-    """One insecure `flower-superlink` with `flower-supernode`s on 127.0.0.1, driven by the `flwr` CLI."""
+    """One `flower-superlink` with `flower-supernode`s on 127.0.0.1, driven by the `flwr` CLI.
 
-    def __init__(self, tmp: Path):
+    Insecure by default; with `secure=True`, TLS (certificates in `tmp/certs`) and SuperNode auth.
+    """
+
+    def __init__(self, tmp: Path, secure: bool = False):
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -111,29 +119,99 @@ class Loopback:
         self.superlink: subprocess.Popen | None = None
         self.cli_home = tmp / "cli-home"
         self.cli_home.mkdir(exist_ok=True)
+        self.certs: CertificatePaths | None = None
+        transport = "insecure = true"
+        if secure:
+            self.certs = make_certificates(tmp / "certs")
+            # flwr reads a relative root-certificates path from its working directory: make it absolute.
+            transport = f'root-certificates = "{self.certs.ca_cert.resolve()}"'
         (self.cli_home / "config.toml").write_text(
             '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.port}"\n{transport}\n'
         )
+
+    def _transport_args(self) -> list[str]:
+        if self.certs is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.certs.ca_cert), "--ssl-certfile", str(self.certs.server_cert),
+                "--ssl-keyfile", str(self.certs.server_key), "--enable-supernode-auth"]  # fmt: skip
 
     def start_superlink(self, timeout: float = 60) -> None:
         """Start the SuperLink and wait for its health endpoint."""
         self.superlink = self.procs.start(
             "superlink",
-            [str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            [str(BIN / "flower-superlink"), *self._transport_args(), "--disable-runtime-dependency-installation",
              "--host", "127.0.0.1", "--port", str(self.port)],
             {**self.env, "FLWR_HOME": str(self.tmp / "superlink-home")},
         )  # fmt: skip
-        wait_http(f"http://127.0.0.1:{self.port}/health", timeout=timeout)
+        if self.certs is None:
+            wait_http(f"http://127.0.0.1:{self.port}/health", timeout=timeout)
+        else:
+            trust = ssl.create_default_context(cafile=self.certs.ca_cert)
+            wait_http(f"https://127.0.0.1:{self.port}/health", timeout=timeout, verify=trust)
 
-    def start_supernode(self, name: str, node_config: str) -> subprocess.Popen:
-        """Start one SuperNode with its `--node-config` (e.g. its partition and cache directory)."""
+    def node_key(self, name: str) -> tuple[Path, Path]:
+        """A new EC SuperNode auth key pair (OpenSSH private key, public key line) for a secure deployment."""
+        private, public = make_node_key()
+        keys = self.tmp / "node-keys"
+        keys.mkdir(exist_ok=True)
+        private_path, public_path = keys / f"{name}.key", keys / f"{name}.pub"
+        private_path.write_bytes(private)
+        private_path.chmod(0o600)
+        public_path.write_bytes(public)
+        return private_path, public_path
+
+    def register(self, public_key: Path) -> int:
+        """`flwr supernode register` a node's public key; the node id the SuperLink assigned."""
+        done = self.flwr("supernode", "register", str(public_key), "loopback", "--format", "json", timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        reply = json.loads(done.stdout)
+        assert reply.get("success"), done.stdout
+        return int(reply["node-id"])
+
+    def supernodes(self) -> list[dict]:
+        """`flwr supernode list`: every node the SuperLink knows, with its status (`online`, ...)."""
+        listed = self.flwr("supernode", "list", "loopback", "--format", "json", timeout=60)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        return json.loads(listed.stdout)["nodes"]
+
+    def start_supernode(
+        self, name: str, node_config: str, auth_key: Path | None = None, max_wait: float = 120
+    ) -> subprocess.Popen:
+        """Start one SuperNode with its `--node-config` (e.g. its partition and cache directory).
+
+        In a secure deployment it checks the SuperLink's certificate against the CA and, with
+        `auth_key` (an OpenSSH EC private key), authenticates as the node registered for that key.
+        """
+        args = ["--insecure"] if self.certs is None else ["--root-certificates", str(self.certs.ca_cert)]
+        if auth_key is not None:
+            args += ["--auth-supernode-private-key", str(auth_key)]
         return self.procs.start(
             name,
-            [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-             "--port", str(free_port()), "--node-config", node_config, "--max-wait-time", "120"],
+            [str(BIN / "flower-supernode"), *args, "--superlink", f"127.0.0.1:{self.port}",
+             "--port", str(free_port()), "--node-config", node_config, "--max-wait-time", str(max_wait)],
             {**self.env, "FLWR_HOME": str(self.tmp / f"{name}-home")},
         )  # fmt: skip
+
+    def kill(self, proc: subprocess.Popen) -> list[int]:
+        """SIGKILL a process started here, its process group and every descendant; the pids killed."""
+        import psutil
+
+        try:
+            family = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            family = [proc.pid]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in family:  # in case a child started its own session
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
+        return family
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the `flwr` CLI against this SuperLink."""
@@ -171,11 +249,14 @@ class Loopback:
         import psutil
 
         assert self.superlink is not None
-        return [
-            p.pid
-            for p in psutil.Process(self.superlink.pid).children(recursive=True)
-            if any("flwr-serverapp" in part for part in p.cmdline()[:2])
-        ]
+        pids = []
+        for p in psutil.Process(self.superlink.pid).children(recursive=True):
+            try:
+                if any("flwr-serverapp" in part for part in p.cmdline()[:2]):
+                    pids.append(p.pid)
+            except psutil.Error:  # exited meanwhile, or a finished run's zombie not yet reaped
+                pass
+        return pids
 
     def diagnostics(self, run_id: int) -> str:
         """The run's log as the SuperLink holds it, plus the tail of every process log."""

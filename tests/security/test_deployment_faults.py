@@ -10,8 +10,10 @@ the coordinator's payload key. Two runs on that one deployment:
    tries to join: it is refused at activation and never becomes a node; the run completes over TLS.
 2. Two more registered sites join, one round over all four with `min-clients=2`: one site is SIGKILLed
    (its process group and every child) once its training has begun, another reads a JSONL file with
-   a broken line. The round completes within `round-timeout` with the two healthy sites' updates; the
-   report names the killed site `timeout`/`failed` and the other `failed` with `file:line`.
+   a broken line. The SuperLink misses the killed site's heartbeats (flwr 1.41: 2 × 30 s) and answers
+   for it with a Node Unavailable error, so the round completes before `round-timeout` with the two
+   healthy sites' updates; the report names the killed site and the broken file's site `failed`,
+   the latter with `file:line`.
 
 Every wait is bounded and every process is killed with its process group at the end. On a machine
 busier than 2 free cores, stretch every timeout with `OFFSITE_TEST_TIME_SCALE` (e.g. 3).
@@ -32,7 +34,11 @@ from protocols.signing import load_public_key
 from tests.federation.loopback import Loopback
 
 SCALE = float(os.environ.get("OFFSITE_TEST_TIME_SCALE", "1"))
-ROUND_TIMEOUT = 45.0 * SCALE  # the fault round: a killed site is given up on after this
+# The fault round's bound. A SuperNode heartbeats every ~24 s and the SuperLink declares it unavailable
+# 60 s after the last one (flwr 1.41, not configurable), so the killed site's verdict comes at most
+# 60 s after the kill, itself 10-40 s into the round: the round ends then, well before this bound,
+# and the outcome is the SuperLink's, not a race with the timeout.
+ROUND_TIMEOUT = 120.0 * SCALE
 
 
 def _wait_online(net: Loopback, node_ids: set[int], timeout: float) -> list[dict]:
@@ -163,10 +169,11 @@ def test_tls_node_auth_and_faults_on_a_real_deployment(quick_run, pinned_key, tm
         print("fault round", json.dumps({n: (c["status"], c["reason"][-300:]) for n, c in rows.items()}))
         assert set(rows) == set(ids.values()), diagnostics
         assert rows[ids["site-0"]]["status"] == rows[ids["site-1"]]["status"] == "ok", diagnostics
-        assert rows[ids["site-2"]]["status"] in ("timeout", "failed"), diagnostics
+        assert rows[ids["site-2"]]["status"] == "failed", diagnostics
+        assert "Node Unavailable" in rows[ids["site-2"]]["reason"], diagnostics
         assert rows[ids["site-3"]]["status"] == "failed", diagnostics
         assert f"{broken}:3" in rows[ids["site-3"]]["reason"], diagnostics
-        assert round1["updated"] and round1["train_s"] < ROUND_TIMEOUT + 5, diagnostics
+        assert round1["updated"] and round1["train_s"] < ROUND_TIMEOUT, diagnostics
         (record,) = verify_lineage(out / "faults", load_public_key(coordinator_pub))
         assert {u["node"] for u in record["updates"]} == {ids["site-0"], ids["site-1"]}
     finally:
