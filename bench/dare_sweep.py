@@ -29,7 +29,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
 STUDIES = {
-    "codec": [{"codec": "dare", "dare-p": p, "name": f"dare-p{p}"} for p in (0.0, 0.5, 0.9, 0.99)],
+    "codec": [{"codec": "dare", "dare-p": p, "name": f"dare-p{p}"} for p in (0.0, 0.5, 0.9, 0.95, 0.99)],
     "aggregator": [
         {"partitioning": "pathological", "aggregator": a, "name": f"pathological-{a}"}
         for a in ("fedavg", "ties", "dare_ties")
