@@ -1,0 +1,1 @@
+"""Benchmarks: Offsite vs a FlowerTune-style baseline, framework overhead, scale and growth (docs/benchmarks.md)."""
