@@ -149,3 +149,37 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def small_run(tiny_checkpoint, tmp_path) -> dict:
+    """Run-config overrides for a fast run on the tiny model (2 rounds, 2 local steps)."""
+    return {
+        "model": str(tiny_checkpoint),
+        "emulator": "uniform",
+        "adapter-first": 1,
+        "adapter-last": 1,
+        "keep": 2,
+        "rounds": 2,
+        "clients-per-round": 2,
+        "local-steps": 2,
+        "batch-size": 8,
+        "max-examples": 48,
+        "eval-size": 24,
+        "out-dir": str(tmp_path / "runs"),
+        "run-name": "r",
+        "node-timeout": 5.0,
+        "round-timeout": 60.0,
+        "query-timeout": 10.0,
+    }
+
+
+def single_thread():
+    """Generator for autouse fixtures: one torch thread for the test, then the previous count.
+
+    Tiny models on a shared 2-core machine run several times faster with one thread than with two.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

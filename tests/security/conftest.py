@@ -5,35 +5,19 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from protocols.signing import generate_signing_key, save_private_key, save_public_key
+from tests.conftest import single_thread
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
-def quick_run(tiny_checkpoint, tmp_path) -> dict:
+def quick_run(small_run) -> dict:
     """Run-config overrides for one fast round on the tiny model (clients-per-round set per test)."""
-    return {
-        "model": str(tiny_checkpoint),
-        "emulator": "uniform",
-        "adapter-first": 1,
-        "adapter-last": 1,
-        "keep": 2,
-        "rounds": 1,
-        "local-steps": 2,
-        "batch-size": 8,
-        "max-examples": 24,
-        "eval-size": 16,
-        "client-eval": "none",
-        "out-dir": str(tmp_path / "runs"),
-        "run-name": "r",
-        "node-timeout": 5.0,
-        "round-timeout": 60.0,
-        "query-timeout": 10.0,
-    }
+    run = {k: v for k, v in small_run.items() if k != "clients-per-round"}
+    return {**run, "rounds": 1, "max-examples": 24, "eval-size": 16, "client-eval": "none"}
 
 
 @pytest.fixture
@@ -47,8 +31,5 @@ def pinned_key(tmp_path) -> tuple[str, str]:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One torch thread per test (see tests.conftest.single_thread)."""
+    yield from single_thread()

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from emulator.zoo.specs import model_path
+from tests.conftest import single_thread
 
 
 def tiny_lm(tok, seed: int, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
@@ -34,8 +35,5 @@ def sp_tok():
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: tiny models on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One torch thread per test (see tests.conftest.single_thread)."""
+    yield from single_thread()
