@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emulator.control.decoding import CachedLM, left_pad, sample_next
+from emulator.control.decoding import CachedLM, left_pad, take_next
 from emulator.data import Example
 from emulator.evaluate import right_pad
 
@@ -139,12 +139,7 @@ def proxy_generate(
     out: list[list[int]] = [[] for _ in prompts]
     for _ in range(max_new_tokens):
         scores = s_b if pair is None else proxy_scores(s_b, s_e, s_a, alpha)
-        nxt = sample_next(scores.cpu(), temperature, top_p, gen)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        for r, tid in enumerate(nxt.tolist()):
-            if not done[r]:
-                out[r].append(tid)
-        done |= nxt == tokenizer.eos_token_id
+        nxt = take_next(scores.cpu(), done, out, pad, tokenizer.eos_token_id, temperature, top_p, gen)
         if bool(done.all()):
             break
         s_b = lm.step(nxt)

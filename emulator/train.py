@@ -78,6 +78,30 @@ def batches(rows: list, batch_size: int, seed: int) -> Iterable[list]:
             yield [rows[j] for j in order]
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR factor rising linearly over `warmup` steps, then cosine decay to 0 at `steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def optimiser_step(
+    loss: torch.Tensor, params, opt: torch.optim.Optimizer, sched, step: int, what: str = "training"
+) -> None:
+    """Backward, clip the gradient norm to 1, step optimiser and schedule; a non-finite loss raises."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} loss became {loss.item()} at step {step}")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def tune(
     model: nn.Module,
     tokenizer,
@@ -101,25 +125,14 @@ def tune(
     rows = encode(tokenizer, examples)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = warmup_cosine(opt, steps, warmup)
     model.train()
     start, tokens, ema = time.perf_counter(), 0, None
     it = batches(rows, min(batch_size, len(rows)), seed)
     for step in range(steps):
         batch = {k: v.to(device) for k, v in collate(next(it), tokenizer.pad_token_id).items()}
         loss = model(**batch, use_cache=False).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimiser_step(loss, params, opt, sched, step)
         tokens += int(batch["attention_mask"].sum())
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         if progress:

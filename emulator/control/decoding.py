@@ -77,3 +77,23 @@ def sample_next(
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+
+
+def take_next(
+    scores: torch.Tensor,
+    done: torch.Tensor,
+    out: list[list[int]],
+    pad: int,
+    eos: int | None,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Pick each row's next id (pad for finished rows), append it to `out`, mark EOS rows in `done`."""
+    nxt = sample_next(scores, temperature, top_p, generator)
+    nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+    for r, tid in enumerate(nxt.tolist()):
+        if not done[r]:
+            out[r].append(tid)
+    done |= nxt == eos
+    return nxt

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from emulator.control.decoding import CachedLM, left_pad, sample_next
+from emulator.control.decoding import CachedLM, left_pad, take_next
 from emulator.control.token_map import TokenMap
 from emulator.control.vocab import Vocab, vocab_from_tokenizer
 from emulator.data import Example
@@ -228,12 +228,7 @@ def generate_with_control(
     out: list[list[int]] = [[] for _ in prompts]
     for _ in range(max_new_tokens):
         scores = ported_logprobs(t_logits.cpu(), c_logits.cpu(), index, alpha)
-        nxt = sample_next(scores, temperature, top_p, gen)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        for r, tid in enumerate(nxt.tolist()):
-            if not done[r]:
-                out[r].append(tid)
-        done |= nxt == eos
+        nxt = take_next(scores, done, out, pad, eos, temperature, top_p, gen)
         if bool(done.all()):
             break
         t_logits = t_lm.step(nxt)

@@ -9,7 +9,6 @@ training loop entirely.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from emulator.data import Example
-from emulator.train import TrainStats, batches, collate, encode, peak_memory_mb
+from emulator.train import (
+    TrainStats,
+    batches,
+    collate,
+    encode,
+    optimiser_step,
+    peak_memory_mb,
+    warmup_cosine,
+)
 
 Rows = list[tuple[list[int], list[int]]]
 
@@ -149,12 +156,7 @@ def train_control(
     cached = template_cache(template, rows, tokenizer.pad_token_id, cache_path) if cache else None
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = warmup_cosine(opt, steps, warmup)
     control.train()
     device = next(control.parameters()).device
     it = batches(list(range(len(rows))), min(batch_size, len(rows)), seed)
@@ -171,13 +173,7 @@ def train_control(
             drop = torch.rand(lp.shape[0], 1, generator=gen) < template_dropout
             lp = lp.masked_fill(drop, 0.0)
         loss = control_loss(control, template, batch, lp)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"control training loss became {loss.item()} at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimiser_step(loss, params, opt, sched, step, what="control training")
         tokens += int(batch["attention_mask"].sum())
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
     control.eval()
