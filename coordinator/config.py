@@ -94,6 +94,7 @@ class FederationConfig:
     secagg_threshold: int = 2
     # evaluation and reference
     eval_size: int = 200
+    eval_every: int = 1
     client_eval: str = "final"
     full_ft_steps: int = 0
     reference_report: str = ""
@@ -167,7 +168,7 @@ class FederationConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         non_negative = [
             "lora_rank", "distill_steps", "max_examples", "full_ft_steps", "stop_after", "threads",
-            "clip_norm", "max_update_norm", "adapter_first", "adapter_last",
+            "clip_norm", "max_update_norm", "adapter_first", "adapter_last", "eval_every",
         ]  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:

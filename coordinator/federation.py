@@ -289,7 +289,11 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
         if new_arrays is not None:
             arrays = new_arrays
         previous, adapter = adapter, record_to_state(arrays)
-        evals = evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
+        evals = (
+            evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
+            if server_eval_due(cfg, rnd)
+            else {"plug-in": None, "emulator FT": None}
+        )
         client_eval = None
         if cfg.client_eval == "every" or (cfg.client_eval == "final" and rnd == cfg.rounds):
             client_eval = _client_eval(strategy, grid, cfg, rnd, arrays)
@@ -311,9 +315,8 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
                                                 cfg.aggregator, strategy.round_log.merged, entry["privacy"]))  # fmt: skip
         save_checkpoint(run_dir, _state(rnd, cfg, standin.hash, adapter, baseline, history, strategy))
         obs.round_finished(entry)
-        log.info("round %d/%d: %d/%d updates, plug-in %.1f, emulator FT %.1f, %.1f s", rnd, cfg.rounds,
-                 len(strategy.round_log.replies), len(messages), evals["plug-in"], evals["emulator FT"],
-                 entry["wall_s"])  # fmt: skip
+        log.info("round %d/%d: %d/%d updates, %s, %.1f s", rnd, cfg.rounds, len(strategy.round_log.replies),
+                 len(messages), _accuracy_text(evals), entry["wall_s"])  # fmt: skip
         _warn_if_dare_unsafe(cfg, rnd, metrics)
         if cfg.stop_after and rnd == cfg.stop_after and rnd < cfg.rounds:
             log.info("stop-after %d reached: stopping; resume=true continues from this checkpoint", rnd)
@@ -321,7 +324,9 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
             return None
 
     final = (
-        dict(history[-1]) if history else evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
+        dict(history[-1])
+        if history and history[-1]["plug-in"] is not None
+        else evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
     )
     reference = centralised_reference(cfg, full, tok, emu.manifest.adapter_blocks, eval_set)
     save_file({k: v.contiguous() for k, v in adapter.items()}, str(run_dir / "adapter.safetensors"))
@@ -331,6 +336,17 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
     log.info("report %s\n%s", path, format_summary(report))
     obs.run_finished(report)
     return report
+
+
+def server_eval_due(cfg: FederationConfig, rnd: int) -> bool:
+    """Whether round `rnd` gets the server's plug-in/emulator evaluation (every `eval-every`, and the last)."""
+    return rnd == cfg.rounds or (cfg.eval_every > 0 and rnd % cfg.eval_every == 0)
+
+
+def _accuracy_text(evals: dict) -> str:
+    if evals["plug-in"] is None:
+        return "not evaluated (eval-every)"
+    return f"plug-in {evals['plug-in']:.1f}, emulator FT {evals['emulator FT']:.1f}"
 
 
 def _warn_if_dare_unsafe(cfg: FederationConfig, rnd: int, metrics) -> None:

@@ -34,7 +34,13 @@ from safetensors.torch import save_file
 
 from coordinator.assets import resolve_model_spec
 from coordinator.config import FederationConfig
-from coordinator.federation import evaluate_config, evaluate_server, initial_adapter, run_dir_for
+from coordinator.federation import (
+    evaluate_config,
+    evaluate_server,
+    initial_adapter,
+    run_dir_for,
+    server_eval_due,
+)
 from coordinator.lineage import append_round, round_record
 from coordinator.standin import StandIn, prepare_standin, sign, signing_key
 from coordinator.strategy import make_strategy, state_to_record
@@ -153,7 +159,9 @@ class SecAggFedAvg(LegacyFedAvg):
         return []
 
     def evaluate(self, server_round: int, parameters: Parameters):
-        """Plug-in and emulator-FT accuracy of the current global adapter on the server's eval set."""
+        """Plug-in and emulator-FT accuracy of the current global adapter (rounds `eval-every` selects)."""
+        if server_round == 0 or not server_eval_due(self.cfg, server_round):
+            return None
         scores = self.evaluate_fn(self.adapter)
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1].update(scores)

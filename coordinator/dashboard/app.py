@@ -26,7 +26,8 @@ def five_numbers(run: dict, rounds: list[dict]) -> dict:
         five = dict(report["five_numbers"])
     else:
         baseline = run.get("baseline") or {}
-        last = rounds[-1] if rounds else {}
+        # eval-every leaves some rounds without server accuracy: show the latest measured one
+        last = next((r for r in reversed(rounds) if r.get("plugin_acc") is not None), {})
         five = {
             "full zero-shot": baseline.get("full zero-shot"),
             "emulator zero-shot": baseline.get("emulator zero-shot"),

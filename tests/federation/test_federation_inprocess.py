@@ -107,6 +107,17 @@ def test_resume_after_crash_equals_uninterrupted_fedadam(small_run, tmp_path):
         run({**base, "run-name": "crashy", "resume": True, "lr": 0.5}, tmp_path)
 
 
+def test_eval_every_skips_server_evaluation_but_never_the_last_round(small_run, tmp_path):
+    report, _ = run({**small_run, "rounds": 3, "eval-every": 2, "client-eval": "none"}, tmp_path)
+    per_round = [(r["plug-in"], r["emulator FT"]) for r in report["rounds"]]
+    assert per_round[0] == (None, None)
+    assert all(isinstance(a, float) and isinstance(e, float) for a, e in per_round[1:])
+    assert report["five_numbers"]["plug-in"] == per_round[2][0]
+    assert report["five_numbers"]["emulator FT"] == per_round[2][1]
+    with pytest.raises(ConfigError, match="eval-every"):
+        FederationConfig.from_run_config({"eval-every": -1})
+
+
 def test_ffa_lora_keeps_a_and_moves_b(small_run, tmp_path):
     report, grid = run({**small_run, "rounds": 1, "lora-rank": 2, "client-eval": "none"}, tmp_path)
     state = load_latest(Path(report["run_dir"]))
