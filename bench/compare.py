@@ -23,10 +23,10 @@ import torch
 import typer
 
 from bench.client_step import lora_adapter, measure_in_child, training_model
-from bench.harness import flowertune_wire_bytes, overrides_for, run_inprocess, save_json, summarise
+from bench.harness import VARIANTS, flowertune_wire_bytes, overrides_for, run_inprocess, save_json, summarise
 from bench.machine import machine_info
 
-ORDER = ("offsite", "baseline")
+BASELINE = "baseline"
 
 
 def step_benchmark(standins: dict[str, Path], lora_rank: int, steps: int, reps: int, batch_size: int) -> dict:
@@ -44,7 +44,7 @@ def step_benchmark(standins: dict[str, Path], lora_rank: int, steps: int, reps: 
     for rep in range(reps + 1):  # rep 0 warms up both
         for v in standins:
             emu = copy.deepcopy(emus[v])
-            model, params = training_model(emu, lora_adapter(emu, lora_rank), lora_rank, v == "baseline")
+            model, params = training_model(emu, lora_adapter(emu, lora_rank), lora_rank, v == BASELINE)
             stats = tune(model, emu.tokenizer, examples, params, steps=steps, batch_size=batch_size, seed=rep)
             if rep:
                 out[v]["step_s"].append(stats.seconds / stats.steps)
@@ -66,7 +66,7 @@ def memory_benchmark(
     runs: dict[str, list[dict]] = {v: [] for v in standins}
     for _ in range(reps):
         for v, d in standins.items():
-            spec = {"standin": str(d), "lora_rank": lora_rank, "train_lora_a": v == "baseline",
+            spec = {"standin": str(d), "lora_rank": lora_rank, "train_lora_a": v == BASELINE,
                     "steps": steps, "batch_size": batch_size}  # fmt: skip
             runs[v].append(measure_in_child(spec))
     keys = ("rss_floor_mb", "peak_rss_mb", "peak_minus_floor_mb", "params_stored", "params_trainable")
@@ -75,15 +75,15 @@ def memory_benchmark(
     }
 
 
-def ratios(res: dict) -> list[dict]:
-    """The side-by-side table: baseline / offsite (so > 1 means Offsite is better), with goals."""
-    o, b = res["offsite"], res["baseline"]
+def ratios(res: dict, variant: str = "offsite") -> list[dict]:
+    """The side-by-side table: baseline / `variant` (so > 1 means Offsite is better), with goals."""
+    o, b = res[variant], res[BASELINE]
     rows = []
 
     def add(name: str, base: float, off: float, unit: str, higher_is_better: bool = False, goal=None):
         ratio = (off / base) if higher_is_better else (base / off)
         rows.append({"figure": name, "unit": unit, "baseline": base, "offsite": off, "ratio": ratio,
-                     "goal": goal, "met": None if goal is None else ratio >= goal})  # fmt: skip
+                     "goal": goal, "met": None if goal is None else ratio >= goal, "variant": variant})  # fmt: skip
 
     ob, bb = o["federated"]["bytes"], b["federated"]["bytes"]
     add(
@@ -110,18 +110,19 @@ def ratios(res: dict) -> list[dict]:
     return rows
 
 
-def checks(res: dict) -> list[dict]:
-    """Goals that are not ratios: framework overhead and accuracy."""
-    o, b = res["offsite"]["federated"], res["baseline"]["federated"]
-    acc_o, acc_b = o["accuracy"]["plug-in"], b["accuracy"]["plug-in"]
-    return [
-        {"figure": "framework overhead, offsite (10 clients)", "value": o["overhead_fraction_mean"],
-         "goal": "<= 0.10", "met": o["overhead_fraction_mean"] <= 0.10},
-        {"figure": "framework overhead, baseline (10 clients)", "value": b["overhead_fraction_mean"],
-         "goal": "<= 0.10", "met": b["overhead_fraction_mean"] <= 0.10},
-        {"figure": "final accuracy: offsite plug-in - baseline (pts)", "value": acc_o - acc_b,
-         "goal": ">= -1.0", "met": acc_o - acc_b >= -1.0},
-    ]  # fmt: skip
+def checks(res: dict, variants: tuple[str, ...]) -> list[dict]:
+    """Goals that are not ratios: framework overhead (rounds without server eval) and accuracy."""
+    b = res[BASELINE]["federated"]
+    out = []
+    for v in (*variants, BASELINE):
+        f = res[v]["federated"]
+        out.append({"figure": f"framework overhead, {v} (10 clients)", "value": f["overhead_fraction_mean"],
+                    "goal": "<= 0.10", "met": f["overhead_fraction_mean"] <= 0.10})  # fmt: skip
+    for v in variants:
+        gap = res[v]["federated"]["accuracy"]["plug-in"] - b["accuracy"]["plug-in"]
+        out.append({"figure": f"final accuracy: {v} plug-in - baseline (pts)", "value": gap,
+                    "goal": ">= -1.0", "met": gap >= -1.0})  # fmt: skip
+    return out
 
 
 def run(
@@ -132,8 +133,10 @@ def run(
     step_reps: int,
     mem_reps: int,
     changes: dict | None = None,
+    variants: tuple[str, ...] = ("offsite",),
 ) -> dict:
     """All measurements; returns the result dict (also what the JSON holds)."""
+    order = (*variants, BASELINE)
     torch.set_num_threads(1)
     changes = dict(changes or {})
     if quick:
@@ -142,18 +145,19 @@ def run(
     if model:
         changes["model"] = model
     n_sites = changes.get("clients-per-round", 10)
-    result: dict = {"machine": machine_info(), "quick": quick, "config": {}, "offsite": {}, "baseline": {}}
-    reports: dict[str, list[dict]] = {v: [] for v in ORDER}
+    result: dict = {"machine": machine_info(), "quick": quick, "config": {}, "variants": list(variants)}
+    result |= {v: {} for v in order}
+    reports: dict[str, list[dict]] = {v: [] for v in order}
     t0 = time.perf_counter()
     for rep in range(repeats):
-        for v in ORDER:
+        for v in order:
             ov = overrides_for(v, **changes)
             result["config"][v] = ov
             report = run_inprocess(ov, n_sites, work, f"{v}-{rep}")
             reports[v].append(report)
             print(f"[compare] {v} run {rep + 1}/{repeats}: plug-in {report['five_numbers']['plug-in']:.1f}, "
                   f"round wall {report['timing']['round_wall_mean_s']:.1f} s", flush=True)  # fmt: skip
-    for v in ORDER:
+    for v in order:
         runs = [summarise(r) for r in reports[v]]
         fed = runs[0]
         # Timing figures: mean over the interleaved repeats; bytes and accuracy are the same in each.
@@ -163,7 +167,7 @@ def run(
             {k: r[k] for k in ("round_wall_s_mean", "overhead_fraction_mean", "accuracy")} for r in runs
         ]
         result[v]["federated"] = fed
-    standins = {v: Path(reports[v][0]["run_dir"]) / "standin" for v in ORDER}
+    standins = {v: Path(reports[v][0]["run_dir"]) / "standin" for v in order}
     rank = int(overrides_for("offsite", **changes)["lora-rank"])
     steps = 3 if quick else 10
     batch = int(overrides_for("offsite", **changes)["batch-size"])
@@ -171,9 +175,9 @@ def run(
         result[v]["step"] = r
     for v, r in memory_benchmark(standins, rank, steps, mem_reps, batch).items():
         result[v]["memory"] = r
-    result["flowertune_wire_bytes"] = flowertune_wire_bytes(reports["baseline"][0]["run_dir"])
-    result["ratios"] = ratios(result)
-    result["checks"] = checks(result)
+    result["flowertune_wire_bytes"] = flowertune_wire_bytes(reports[BASELINE][0]["run_dir"])
+    result["ratios"] = [row for v in variants for row in ratios(result, v)]
+    result["checks"] = checks(result, variants)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -185,8 +189,13 @@ def print_table(result: dict) -> None:
 
     table = Table("figure", "baseline", "offsite", "ratio (×, >1: offsite better)", "goal", "met")
     for r in result["ratios"]:
+        if len(result.get("variants", [])) > 1 and r["figure"].startswith(
+            "upload bytes per client per round"
+        ):
+            table.add_section()
         fmt = "{:,.0f}" if r["unit"] in ("B", "tok/s") else "{:,.3f}" if r["unit"] == "s" else "{:,.1f}"
-        table.add_row(f"{r['figure']} [{r['unit']}]", fmt.format(r["baseline"]), fmt.format(r["offsite"]),
+        tag = "" if r["variant"] == "offsite" else f" · {r['variant']}"
+        table.add_row(f"{r['figure']} [{r['unit']}]{tag}", fmt.format(r["baseline"]), fmt.format(r["offsite"]),
                       f"{r['ratio']:.2f}", "" if r["goal"] is None else f"≥ {r['goal']:g}",
                       "" if r["met"] is None else ("yes" if r["met"] else "NO"))  # fmt: skip
     for c in result["checks"]:
@@ -204,13 +213,20 @@ def main(
     mem_reps: Annotated[int, typer.Option(help="Child processes per variant for peak memory.")] = 2,
     rounds: Annotated[int, typer.Option(help="Federated rounds (0: harness default).")] = 0,
     local_steps: Annotated[int, typer.Option(help="Local steps per round (0: harness default).")] = 0,
+    variants: Annotated[
+        str, typer.Option(help="Offsite rows, comma-separated: offsite (CRaSh), offsite-uniform.")
+    ] = "offsite,offsite-uniform",
     out: Annotated[Path, typer.Option(help="JSON output.")] = Path("bench/results/benchmark-compare.json"),
     work: Annotated[Path | None, typer.Option(help="Scratch directory (default: a temporary one).")] = None,
 ) -> None:
     """Measure Offsite and the FlowerTune-style baseline side by side; print ratios, write JSON."""
     with tempfile.TemporaryDirectory(prefix="offsite-bench-") as tmp:
         changes = {k: v for k, v in (("rounds", rounds), ("local-steps", local_steps)) if v}
-        result = run(quick, model or None, work or Path(tmp), repeats, step_reps, mem_reps, changes)
+        rows = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = [v for v in rows if v not in VARIANTS or v == BASELINE]
+        if unknown:
+            raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from offsite, offsite-uniform")
+        result = run(quick, model or None, work or Path(tmp), repeats, step_reps, mem_reps, changes, rows)
         print_table(result)
         path = save_json(result, out.name, out.parent)
         print(f"[compare] wrote {path} ({result['seconds']:.0f} s)")
@@ -218,25 +234,3 @@ def main(
 
 if __name__ == "__main__":
     typer.run(main)
-
-
-def rerun_memory(path: Path, work: Path, mem_reps: int) -> dict:
-    """Re-measure client peak memory into an existing result JSON (stand-ins derived afresh, same recipe)."""
-    import json
-
-    from bench.growth import save_standins
-    from emulator.distill import text_rows
-    from emulator.zoo import load_model, public_texts
-
-    result = json.loads(path.read_text())
-    cfg = result["config"]["offsite"]
-    full, tok = load_model(cfg["model"])
-    calib = text_rows(tok, public_texts(cfg.get("calibration-texts", 256)))
-    saved = save_standins(full, tok, {"offsite": "crash", "baseline": "full"}, work, calib)
-    standins = {v: s["dir"] for v, s in saved.items()}
-    batch = int(cfg["batch-size"])
-    for v, r in memory_benchmark(standins, int(cfg["lora-rank"]), 10, mem_reps, batch).items():
-        result[v]["memory"] = r
-    result["ratios"] = ratios(result)
-    result["memory_rerun"] = {"machine": machine_info(), "note": "peak from VmHWM (see bench/client_step.py)"}
-    return result

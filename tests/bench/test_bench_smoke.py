@@ -9,11 +9,12 @@ from bench.harness import save_json
 
 
 def test_compare_quick_writes_every_figure(tiny_checkpoint, tmp_path):
-    result = run(quick=True, model=str(tiny_checkpoint), work=tmp_path, repeats=1, step_reps=1, mem_reps=1)
+    result = run(quick=True, model=str(tiny_checkpoint), work=tmp_path, repeats=1, step_reps=1, mem_reps=1,
+                 variants=("offsite", "offsite-uniform"))  # fmt: skip
     path = save_json(result, "compare.json", tmp_path)
     data = json.loads(path.read_text())
     assert data["machine"]["logical_cpus"] >= 1 and data["machine"]["versions"]["flwr"]
-    for v in ("offsite", "baseline"):
+    for v in ("offsite", "offsite-uniform", "baseline"):
         fed = data[v]["federated"]
         assert fed["bytes"]["up_per_client_round"] > 0 and fed["bytes"]["total"] > 0
         assert fed["round_wall_s_mean"] > fed["client_train_s_per_client_round"] > 0
@@ -24,6 +25,8 @@ def test_compare_quick_writes_every_figure(tiny_checkpoint, tmp_path):
         assert mem["peak_rss_mb"] >= mem["rss_floor_mb"] > 0
     assert data["offsite"]["federated"]["standin"]["method"] == "crash"
     assert data["baseline"]["federated"]["standin"]["method"] == "full"
+    assert data["offsite-uniform"]["federated"]["standin"]["method"] == "uniform"
+    assert {r["variant"] for r in data["ratios"]} == {"offsite", "offsite-uniform"}
     # The baseline trains LoRA A and B on every block; Offsite sends DARE-dropped B of a few blocks.
     up = {v: data[v]["federated"]["bytes"]["up_per_client_round"] for v in ("offsite", "baseline")}
     assert up["baseline"] > 4 * up["offsite"]
