@@ -46,10 +46,13 @@ def random_llama(depth: int, hidden: int = 192, vocab: int = 4096, seed: int = 0
     return LlamaForCausalLM(config).eval()
 
 
-def save_standins(full, tokenizer, methods: dict[str, str], out: Path, calib=None) -> dict[str, dict]:
+def save_standins(
+    full, tokenizer, methods: dict[str, str], out: Path, calib=None, shape: tuple[int, int, int] = (2, 2, 3)
+) -> dict[str, dict]:
     """Derive and save each stand-in (as `coordinator.standin` does); directory and download bytes.
 
     `calib` is CRaSh's calibration (input_ids, attention_mask); default: random ids (random-init models).
+    `shape` is (adapter blocks first, adapter blocks last, middle blocks kept).
     """
     from emulator.derive import EmulatorOptions, derive_emulator
 
@@ -59,7 +62,7 @@ def save_standins(full, tokenizer, methods: dict[str, str], out: Path, calib=Non
         calib = (batch["input_ids"], batch["attention_mask"])
     saved = {}
     for name, method in methods.items():
-        emu = derive_emulator(full, EmulatorOptions(method, 2, 2, 3), calib, tokenizer)
+        emu = derive_emulator(full, EmulatorOptions(method, *shape), calib, tokenizer)
         emu.model.to(torch.float16)  # shipped in fp16 (standin-dtype default)
         directory = out / method
         emu.save(directory)

@@ -38,3 +38,18 @@ def test_compare_quick_writes_every_figure(tiny_checkpoint, tmp_path):
         "framework overhead",
         "final accuracy",
     }
+
+
+def test_adapter_capacity_trains_each_adapter(tiny_checkpoint, tmp_path):
+    from bench.adapter_capacity import run as capacity
+
+    result = capacity(str(tiny_checkpoint), steps=2, lrs=[5e-3], n_test=8, rank=2, work=tmp_path,
+                        shape=(1, 1, 2))  # fmt: skip
+    assert [r["adapter"] for r in result["rows"]] == [
+        "baseline adapter on the full model",
+        "Offsite adapter on the full model",
+        "Offsite adapter via the CRaSh emulator, plugged in",
+    ]
+    assert all(0 <= r["accuracy"] <= 100 and r["loss"] > 0 for r in result["rows"])
+    assert set(result["best"]) == {r["adapter"] for r in result["rows"]}
+    assert result["adapter_blocks"] == [0, 5]  # the 6-block model's first and last
