@@ -116,6 +116,7 @@ def main(
     steps: Annotated[int, typer.Option(help="Central training steps per adapter.")] = 100,
     lrs: Annotated[str, typer.Option(help="Learning rates, comma-separated.")] = "5e-3,2e-2",
     n_test: Annotated[int, typer.Option(help="Test examples scored.")] = 200,
+    rank: Annotated[int, typer.Option(help="LoRA rank (0: the comparison's, 8).")] = 0,
     out: Annotated[Path, typer.Option(help="JSON output.")] = Path("bench/results/benchmark-capacity.json"),
 ) -> None:
     """Train the baseline's and Offsite's adapters centrally; print and write their accuracy."""
@@ -123,7 +124,7 @@ def main(
     if quick:
         steps, rates, n_test = 3, rates[:1], 16
     with tempfile.TemporaryDirectory(prefix="offsite-capacity-") as tmp:
-        result = run(model, steps, rates, n_test, int(COMMON["lora-rank"]), Path(tmp))
+        result = run(model, steps, rates, n_test, rank or int(COMMON["lora-rank"]), Path(tmp))
     print(f"[capacity] zero-shot {result['zero_shot']:.1f}; best: "
           + "; ".join(f"{k} {v['accuracy']:.1f} (lr {v['lr']:g})" for k, v in result["best"].items()))  # fmt: skip
     print(f"[capacity] wrote {save_json(result, out.name, out.parent)}")

@@ -12,7 +12,7 @@ from emulator.data import Example
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
 from emulator.plugin import attach_adapter, lora_state
-from emulator.train import TrainStats, collate, encode, tune
+from emulator.train import TrainStats, collate, encode, supervised_loss, tune
 
 
 @dataclass
@@ -79,7 +79,7 @@ def response_loss(model: nn.Module, tokenizer, examples: list[Example], batch_si
         batch = collate(rows[i : i + batch_size], tokenizer.pad_token_id)
         n = int((batch["labels"][:, 1:] != -100).sum())
         if n:
-            total += float(model(**batch, use_cache=False).loss) * n
+            total += float(supervised_loss(model, batch)) * n
             count += n
     return total / max(count, 1)
 

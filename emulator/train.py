@@ -42,6 +42,24 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def supervised_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over supervised tokens (labels != -100), batch of shape (B, T).
+
+    Equal to the model's own `labels=` loss, but the LM head only runs at positions whose next token
+    is supervised (`logits_to_keep`): with short responses after long prompts, most of a (B, T, V)
+    logits tensor, and the head's multiply-adds, would be computed only to be ignored.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        raise ValueError("batch has no supervised tokens (every label is -100)")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100
+    )
+
+
 @dataclass
 class TrainStats:
     """What a tuning run reports."""
@@ -131,7 +149,7 @@ def tune(
     it = batches(rows, min(batch_size, len(rows)), seed)
     for step in range(steps):
         batch = {k: v.to(device) for k, v in collate(next(it), tokenizer.pad_token_id).items()}
-        loss = model(**batch, use_cache=False).loss
+        loss = supervised_loss(model, batch)
         optimiser_step(loss, params, opt, sched, step)
         tokens += int(batch["attention_mask"].sum())
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from emulator.data import Example
 from emulator.evaluate import accuracy, choice_logprobs, mc_accuracy, next_token_logprobs
-from emulator.train import encode, tune
+from emulator.train import collate, encode, supervised_loss, tune
 from tests.conftest import tiny_model
 
 
@@ -32,6 +33,26 @@ def test_encode_masks_prompt_and_supervises_response(zoo_tokenizer):
     n_prompt = len(zoo_tokenizer("item 0 is fire", add_special_tokens=False)["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == zoo_tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "gpt_neox"])
+def test_supervised_loss_equals_the_models_own_loss_and_its_gradient(zoo_tokenizer, arch):
+    torch.manual_seed(0)
+    model = tiny_model(arch, layers=2, vocab=len(zoo_tokenizer))
+    rows = encode(zoo_tokenizer, _examples()[:5])
+    rows[1] = (rows[1][0] + [7, 8, 9], rows[1][1] + [-100, -100, -100])  # ragged: right padding in the batch
+    batch = collate(rows, zoo_tokenizer.pad_token_id or 0)
+    own = model(**batch, use_cache=False).loss
+    own.backward()
+    g_own = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ours = supervised_loss(model, batch)
+    ours.backward()
+    assert torch.allclose(ours, own, atol=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(g_own, model.parameters(), strict=True))
+    batch["labels"][:] = -100
+    with pytest.raises(ValueError, match="no supervised tokens"):
+        supervised_loss(model, batch)
 
 
 def test_tuning_learns_a_label_and_accuracy_rises(zoo_tokenizer):
