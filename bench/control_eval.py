@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client.client_app import app as client_app  # noqa: E402
 from coordinator.config import FederationConfig  # noqa: E402
 from coordinator.federation import load_adapter, run_federation  # noqa: E402
+from coordinator.inprocess_grid import InProcessGrid  # noqa: E402
 from emulator.control.model import control_from_state  # noqa: E402
 from emulator.control.port import controlled_accuracy  # noqa: E402
 from emulator.control.token_map import map_tokenizers  # noqa: E402
 from emulator.data import load_task  # noqa: E402
 from emulator.evaluate import accuracy  # noqa: E402
 from emulator.zoo import load_model  # noqa: E402
-from tests.federation.inprocess import InProcessGrid  # noqa: E402
 
 
 def main() -> None:

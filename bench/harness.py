@@ -73,7 +73,7 @@ def run_inprocess(overrides: dict, n_sites: int, work: Path, name: str) -> dict:
     from client.client_app import app as client_app
     from coordinator.config import FederationConfig
     from coordinator.federation import run_federation
-    from tests.federation.inprocess import InProcessGrid
+    from coordinator.inprocess_grid import InProcessGrid
 
     logging.getLogger("offsite").setLevel(logging.INFO)  # round lines in the run's server.log
     cfg = FederationConfig.from_run_config({**overrides, "out-dir": str(work / "runs"), "run-name": name})

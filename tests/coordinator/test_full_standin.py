@@ -10,10 +10,10 @@ import torch
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation import load_adapter, run_federation
+from coordinator.inprocess_grid import InProcessGrid
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.plugin import adapter_blocks_of
 from tests.conftest import tiny_model
-from tests.federation.inprocess import InProcessGrid
 
 
 def test_full_standin_is_the_whole_model_with_every_block_an_adapter(token_batch):

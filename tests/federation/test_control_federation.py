@@ -11,8 +11,8 @@ import torch
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation import load_adapter, run_federation
+from coordinator.inprocess_grid import InProcessGrid
 from emulator.control.model import CONTROL_METHOD, control_from_state
-from tests.federation.inprocess import InProcessGrid
 
 
 def _control_run(small_run: dict, tiny_checkpoint: Path) -> dict:

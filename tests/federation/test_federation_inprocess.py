@@ -14,9 +14,9 @@ from client.client_app import app as client_app
 from coordinator.checkpoint import list_checkpoints, load_latest
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation import load_adapter, run_federation
+from coordinator.inprocess_grid import InProcessGrid
 from protocols import schema as S
 from protocols.signing import SignatureError
-from tests.federation.inprocess import InProcessGrid
 
 
 def _nodes(n: int, cache: Path, **extra) -> dict[int, dict]:

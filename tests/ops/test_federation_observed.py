@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from client.client_app import app as client_app
 from coordinator.config import FederationConfig
 from coordinator.federation import run_federation
+from coordinator.inprocess_grid import InProcessGrid
 from coordinator.runstore import RunObserver, RunStore, default_store_url
-from tests.federation.inprocess import InProcessGrid
 
 
 class Trace(RunObserver):

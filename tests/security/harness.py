@@ -10,7 +10,7 @@ from flwr.app import Message
 from client.client_app import app as client_app
 from coordinator.config import FederationConfig
 from coordinator.federation import run_federation
-from tests.federation.inprocess import InProcessGrid
+from coordinator.inprocess_grid import InProcessGrid
 
 Tamper = Callable[[Message], None]
 
