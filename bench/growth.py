@@ -186,6 +186,11 @@ def rerun_memory(result: dict, work: Path) -> dict:
     return result
 
 
+def _colour(variant: str) -> str:
+    """One colour per row in every panel: baseline orange, uniform green, CRaSh (Offsite's default) blue."""
+    return "tab:orange" if "baseline" in variant else "tab:green" if "uniform" in variant else "tab:blue"
+
+
 def plot(result: dict, path: Path) -> Path:
     """Six panels: time (top) and memory/bytes (bottom) vs depth, clients per round, sequence length."""
     import matplotlib
@@ -198,7 +203,7 @@ def plot(result: dict, path: Path) -> Path:
     def lines(a, rows, x, y, scale=1.0):
         for v in dict.fromkeys(r["variant"] for r in rows):
             pts = [(r[x], r[y] * scale) for r in rows if r["variant"] == v]
-            a.plot(*zip(*pts, strict=True), marker="o", label=v)
+            a.plot(*zip(*pts, strict=True), marker="o", label=v, color=_colour(v))
         a.set_xscale("log", base=2)
         a.set_xticks(sorted({r[x] for r in rows}), [str(t) for t in sorted({r[x] for r in rows})])
         a.grid(alpha=0.3)
