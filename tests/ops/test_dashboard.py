@@ -148,3 +148,14 @@ def test_dashboard_in_headless_chromium_updates_live(tmp_path, free_port):
         browser.close()
     assert errors == []
     assert (ARTIFACTS / "dashboard-running.png").stat().st_size > 20_000
+
+
+def test_rounds_without_server_eval_keep_the_latest_measured_accuracy(tmp_path):
+    store = RunStore(default_store_url(tmp_path))
+    run = store.start_run(tmp_path / "run-sparse", {"eval-every": 2}, 3, {"full zero-shot": 48.5}, {})
+    store.record_round(run, make_entry(1))
+    store.record_round(run, {**make_entry(2), "plug-in": None, "emulator FT": None})  # eval-every skipped it
+    d = TestClient(create_app(default_store_url(tmp_path))).get(f"/api/runs/{run}").json()
+    assert [r["plugin_acc"] for r in d["rounds"]] == [make_entry(1)["plug-in"], None]
+    assert d["five_numbers"]["plug-in"] == make_entry(1)["plug-in"]
+    assert d["five_numbers"]["emulator FT"] == make_entry(1)["emulator FT"]
