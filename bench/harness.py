@@ -31,9 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COMMON = {
     "model": "zoo:base",
     "task": "wn-category",
-    "rounds": 3,
+    "rounds": 4,
     "clients-per-round": 10,
-    "local-steps": 15,
+    "local-steps": 25,
     "batch-size": 16,
     "lr": 5e-3,
     "lora-rank": 8,
