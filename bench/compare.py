@@ -1,7 +1,7 @@
 """Offsite vs the FlowerTune-style baseline, side by side, as ratios measured in one run.
 
     python -m bench.compare            # what docs/benchmarks.md reports: zoo:base, wn-category, 3 rows,
-                                       # 4 rounds x 25 steps; 26 min on 2 quiet cores
+                                       # 4 rounds x 25 steps; 22 min on 2 quiet cores
     python -m bench.compare --quick    # smoke run
 
 Everything the two variants are compared on is measured in this one process run, interleaved
