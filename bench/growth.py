@@ -151,41 +151,6 @@ def clients_growth(counts: list[int], work: Path, local_steps: int) -> list[dict
     return rows
 
 
-def rerun_memory(result: dict, work: Path) -> dict:
-    """Re-measure the depth and sequence-length memory rows of an existing result in place."""
-    from transformers import AutoTokenizer
-
-    from emulator.zoo import load_model
-    from emulator.zoo.specs import model_path
-
-    tok = AutoTokenizer.from_pretrained(model_path("base"), local_files_only=True)
-    for depth in sorted({r["depth"] for r in result["depth"]}):
-        saved = save_standins(random_llama(depth), tok, STANDIN_VARIANTS, work / f"depth-{depth}")
-        m = memory({v: s["dir"] for v, s in saved.items()}, 16, 64)
-        for r in result["depth"]:
-            if r["depth"] == depth:
-                r.update(m[r["variant"]])
-        print(
-            f"[growth] memory depth {depth}: "
-            + ", ".join(f"{v} {x['peak_minus_floor_mb']:.0f} MiB" for v, x in m.items()),
-            flush=True,
-        )
-    full, tok = load_model("zoo:base")
-    saved = save_standins(full, tok, {"offsite (crash)": "crash", "baseline (full)": "full"}, work / "seq")
-    for n in sorted({r["seq_len"] for r in result["seq"]}):
-        m = memory({v: s["dir"] for v, s in saved.items()}, 8, n)
-        for r in result["seq"]:
-            if r["seq_len"] == n:
-                r.update(m[r["variant"]])
-        print(
-            f"[growth] memory seq {n}: "
-            + ", ".join(f"{v} {x['peak_minus_floor_mb']:.0f} MiB" for v, x in m.items()),
-            flush=True,
-        )
-    result["memory_rerun"] = {"machine": machine_info(), "note": "peak from VmHWM (see bench/client_step.py)"}
-    return result
-
-
 def _colour(variant: str) -> str:
     """One colour per row in every panel: baseline orange, uniform green, CRaSh (Offsite's default) blue."""
     return "tab:orange" if "baseline" in variant else "tab:green" if "uniform" in variant else "tab:blue"
