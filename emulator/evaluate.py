@@ -10,6 +10,11 @@ from torch import nn
 from emulator.data import Example
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, or 0 when it has none (padded positions are masked out anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into (B, T) input_ids and attention_mask tensors."""
     width = max(len(s) for s in seqs)
@@ -27,7 +32,7 @@ def choice_logprobs(
 ) -> list[float]:
     """Summed log-probability (nats) of each continuation given its prompt; one float per pair."""
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(prompt_ids), batch):
@@ -55,7 +60,7 @@ def next_token_logprobs(
 ) -> torch.Tensor:
     """Log-probabilities (n, vocab) of the token after each prompt, computed in right-padded batches."""
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompt_ids), batch):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emulator.control.decoding import CachedLM, left_pad, take_next
+from emulator.control.decoding import CachedLM, prompt_batch, take_next
 from emulator.data import Example
-from emulator.evaluate import right_pad
+from emulator.evaluate import pad_id, right_pad
 
 
 class VocabularyMismatch(ValueError):
@@ -127,9 +127,8 @@ def proxy_generate(
 ) -> list[list[int]]:
     """New token ids per prompt (batched, left-padded); pair=None decodes the base alone the same way."""
     base.eval()
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids, mask = left_pad(enc, pad)
+    ids, mask = prompt_batch(tokenizer, prompts)
+    pad = pad_id(tokenizer)
     lm = CachedLM(base)
     s_b = lm.prefill(ids, mask)
     if pair is not None:
@@ -156,7 +155,7 @@ def proxy_choice_logprobs(
     base.eval()
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     pairs = [(i, enc(ex.prompt), enc(c)) for i, ex in enumerate(examples) for c in ex.choices]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     scores: list[list[float]] = [[] for _ in examples]
     for s in range(0, len(pairs), batch):
         chunk = pairs[s : s + batch]

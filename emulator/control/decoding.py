@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emulator.evaluate import pad_id
+
 
 def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists into (B, T) input_ids and attention_mask."""
@@ -18,6 +20,12 @@ def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
         ids[i, width - len(s) :] = torch.tensor(s)
         mask[i, width - len(s) :] = 1
     return ids, mask
+
+
+def prompt_batch(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts tokenised without special tokens and left-padded: (B, T) input_ids and attention_mask."""
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return left_pad(enc, pad_id(tokenizer))
 
 
 class CachedLM:

@@ -15,11 +15,11 @@ import copy
 import torch
 from torch import nn
 
-from emulator.control.decoding import CachedLM, left_pad, take_next
+from emulator.control.decoding import CachedLM, prompt_batch, take_next
 from emulator.control.token_map import TokenMap
 from emulator.control.vocab import Vocab, vocab_from_tokenizer
 from emulator.data import Example
-from emulator.evaluate import right_pad
+from emulator.evaluate import pad_id, right_pad
 
 
 def centred_shift(control_logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ def _target_continuation_logprobs(
     target: nn.Module, tok, prompts: list[list[int]], conts: list[list[int]], batch: int = 64
 ) -> list[torch.Tensor]:
     """Target log-probs (len(cont), Vt) at each continuation position, for each (prompt, cont) pair."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     device = next(target.parameters()).device
     out = []
     for s in range(0, len(prompts), batch):
@@ -208,9 +208,8 @@ def generate_with_control(
     """New target token ids per prompt, decoded from the ported combination (greedy or sampled)."""
     target.eval()
     control.eval()
-    enc = [target_tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad = target_tok.pad_token_id if target_tok.pad_token_id is not None else 0
-    ids, mask = left_pad(enc, pad)
+    ids, mask = prompt_batch(target_tok, prompts)
+    pad = pad_id(target_tok)
     t_lm = CachedLM(target)
     t_logits = t_lm.prefill(ids, mask)
     index = tmap.sized(t_logits.shape[-1])
