@@ -56,7 +56,7 @@ def run(
     from emulator.distill import text_rows
     from emulator.emulator import load_emulator
     from emulator.evaluate import accuracy
-    from emulator.plugin import add_lora, lora_state
+    from emulator.plugin import add_lora, lora_state, lora_trainable
     from emulator.train import tune
     from emulator.zoo import load_model, public_texts
 
@@ -74,18 +74,13 @@ def run(
         t0 = time.perf_counter()
         torch.manual_seed(0)
         m = add_lora(copy.deepcopy(full), list(range(num_blocks(full))), rank)
-        loss, acc = _train_eval(
-            m, tok, [p for p in m.parameters() if p.requires_grad], train, test, steps, lr, batch
-        )
+        loss, acc = _train_eval(m, tok, lora_trainable(m, train_a=True), train, test, steps, lr, batch)
         rows.append({"adapter": "baseline adapter on the full model", "lr": lr, "loss": loss, "accuracy": acc,
                      "seconds": time.perf_counter() - t0})  # fmt: skip
         t0 = time.perf_counter()
         torch.manual_seed(0)
         m = add_lora(copy.deepcopy(full), edges, rank)
-        params = [p for n, p in m.named_parameters() if "lora_B" in n]
-        for n, p in m.named_parameters():
-            p.requires_grad_("lora_B" in n)
-        loss, acc = _train_eval(m, tok, params, train, test, steps, lr, batch)
+        loss, acc = _train_eval(m, tok, lora_trainable(m, train_a=False), train, test, steps, lr, batch)
         rows.append({"adapter": "Offsite adapter on the full model", "lr": lr, "loss": loss, "accuracy": acc,
                      "seconds": time.perf_counter() - t0})  # fmt: skip
         t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.rss import rss_mb
 from emulator.emulator import Emulator
-from emulator.plugin import add_lora, attach_adapter, lora_state
+from emulator.plugin import add_lora, attach_adapter, lora_state, lora_trainable
 
 
 def training_model(
@@ -33,10 +33,7 @@ def training_model(
     model = attach_adapter(emu, adapter, lora_rank)
     if lora_rank == 0:
         return model, emu.freeze_all_but_adapter()
-    for name, p in model.named_parameters():
-        if "lora_A" in name and not train_lora_a:
-            p.requires_grad_(False)
-    return model, [p for p in model.parameters() if p.requires_grad]
+    return model, lora_trainable(model, train_lora_a)
 
 
 def lora_adapter(emu: Emulator, lora_rank: int, seed: int = 0) -> dict[str, torch.Tensor]:

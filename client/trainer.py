@@ -11,7 +11,7 @@ from torch import nn
 from emulator.data import Example
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.plugin import attach_adapter, lora_state
+from emulator.plugin import attach_adapter, lora_state, lora_trainable
 from emulator.train import TrainStats, collate, encode, supervised_loss, tune
 
 
@@ -48,10 +48,7 @@ def train_adapter(
     if lora_rank == 0:
         params = emu.freeze_all_but_adapter()
     else:
-        for name, p in model.named_parameters():
-            if "lora_A" in name and not train_lora_a:
-                p.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = lora_trainable(model, train_lora_a)
     stats = tune(model, emu.tokenizer, examples, params, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     trained = emu.adapter_state_dict() if lora_rank == 0 else lora_state(model, emu.manifest.layout)
     if lora_rank and not train_lora_a:

@@ -1,4 +1,6 @@
-"""A Flower `Grid` that delivers messages to a ClientApp in this process (tests and benchmarks: the round loop without a transport).
+"""A Flower `Grid` that delivers messages to a ClientApp in this process (no transport).
+
+Used by tests and benchmarks to run the ServerApp's round loop quickly.
 
 Each message is deep-copied on the way in and out, as a transport would, and handled at once.
 Nodes listed in `silent` never answer (a dropped site); a ClientApp exception becomes an error

@@ -74,6 +74,15 @@ def add_lora(model: nn.Module, positions: list[int], rank: int, **kwargs) -> Pef
     return get_peft_model(model, lora_config(model, positions, rank, **kwargs))
 
 
+def lora_trainable(model: nn.Module, train_a: bool) -> list[nn.Parameter]:
+    """The LoRA model's trainable parameters, after freezing every A when `train_a` is False (FFA-LoRA)."""
+    if not train_a:
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _position_key_pattern(model: nn.Module) -> re.Pattern:
     return re.compile(rf"^(.*\b{re.escape(paths_for(model).blocks)})\.(\d+)\.(.+)$")
 
