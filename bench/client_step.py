@@ -39,7 +39,7 @@ def training_model(
 def lora_adapter(emu: Emulator, lora_rank: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """The round-0 LoRA adapter the coordinator sends for this stand-in (seeded, B = 0).
 
-    Same recipe as coordinator.federation.initial_adapter, without importing the coordinator into
+    Same recipe as coordinator.federation.loop.initial_adapter, without importing the coordinator into
     a process that plays a client.
     """
     torch.manual_seed(seed)

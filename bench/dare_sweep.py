@@ -47,7 +47,7 @@ def fp32_adapter_bytes(run_dir: Path) -> int:
 
 def run_one(entry: dict, args: argparse.Namespace, out_dir: Path) -> dict:
     """One federated run in Flower's simulation engine; its figures."""
-    from coordinator.simulation import simulate
+    from coordinator.cli.simulation import simulate
 
     name = entry["name"]
     overrides = {k: v for k, v in entry.items() if k != "name"}

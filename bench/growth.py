@@ -49,7 +49,7 @@ def random_llama(depth: int, hidden: int = 192, vocab: int = 4096, seed: int = 0
 def save_standins(
     full, tokenizer, methods: dict[str, str], out: Path, calib=None, shape: tuple[int, int, int] = (2, 2, 3)
 ) -> dict[str, dict]:
-    """Derive and save each stand-in (as `coordinator.standin` does); directory and download bytes.
+    """Derive and save each stand-in (as `coordinator.federation.standin.emulator` does); directory and download bytes.
 
     `calib` is CRaSh's calibration (input_ids, attention_mask); default: random ids (random-init models).
     `shape` is (adapter blocks first, adapter blocks last, middle blocks kept).

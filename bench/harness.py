@@ -1,6 +1,6 @@
 """The shared harness: Offsite and the FlowerTune-style baseline as two run configs of one round loop.
 
-Both go through `coordinator.federation.run_federation` and `client.client_app`, on the same model,
+Both go through `coordinator.federation.loop.run_federation` and `client.client_app`, on the same model,
 task, partitions, rounds, local steps and seed; only the stand-in, what is trained and the upload
 codec differ:
 
@@ -72,8 +72,8 @@ def run_inprocess(overrides: dict, n_sites: int, work: Path, name: str) -> dict:
     """Run the federation through an in-process Flower Grid (clients run one after another); the report."""
     from client.client_app import app as client_app
     from coordinator.config import FederationConfig
-    from coordinator.federation import run_federation
-    from coordinator.inprocess_grid import InProcessGrid
+    from coordinator.federation.loop import run_federation
+    from coordinator.federation.inprocess_grid import InProcessGrid
 
     logging.getLogger("offsite").setLevel(logging.INFO)  # round lines in the run's server.log
     cfg = FederationConfig.from_run_config({**overrides, "out-dir": str(work / "runs"), "run-name": name})

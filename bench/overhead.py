@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(clients: int, rounds: int, local_steps: int, eval_size: int, work: Path) -> dict:
     """Both transports; per-round rows and mean overhead fraction (without / with the server's eval)."""
-    from coordinator.simulation import simulate
+    from coordinator.cli.simulation import simulate
 
     ov = overrides_for("offsite", **{"rounds": rounds, "clients-per-round": clients, "local-steps": local_steps,
                                      "eval-size": eval_size, "out-dir": str(work / "runs")})  # fmt: skip

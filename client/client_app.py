@@ -8,48 +8,26 @@ Message kinds (schemas in protocols.schema):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from functools import partial
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.cache import StandinCache, cache_dir
-from client.control_trainer import evaluate_control_update, is_control, train_control_update
+from client.control_trainer import evaluate_control_update, is_control
 from client.local_data import local_examples
-from client.privacy import clip_update
+from client.round_step import cached_standin, local_round
 from client.secagg_app import is_secagg, secagg_train
-from client.trainer import evaluate_adapter, train_adapter
+from client.trainer import evaluate_adapter
 from client.trust import check_payload
 from emulator.emulator import Emulator
 from protocols import codecs
 from protocols import schema as S
-from protocols.hashing import hash_state_dict
+from protocols.records import content_nbytes, record_sha256
 from protocols.tensors import array_record_to_state_dict
 
 log = logging.getLogger("offsite.client")
 app = ClientApp()
-
-
-def record_sha256(record: ArrayRecord) -> str:
-    """SHA-256 of an ArrayRecord's tensors as sent (wire dtypes), the adapter manifest's content hash."""
-    return hash_state_dict(array_record_to_state_dict(record, dtype=None))
-
-
-def content_nbytes(content: RecordDict) -> int:
-    """Bytes of every record in a message's content."""
-    return int(sum(record.count_bytes() for record in content.values()))
-
-
-def derive_seed(seed: int, server_round: int, who: object) -> int:
-    """A per-site, per-round seed (for shuffling, dropout and DARE masks) from the run seed."""
-    digest = hashlib.sha256(f"offsite:{seed}:{server_round}:{who}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF
-
-
-def _site(context: Context) -> object:
-    return context.node_config.get("partition-id", context.node_id)
 
 
 def _emulator(content: RecordDict, cfg: dict, context: Context) -> Emulator:
@@ -62,12 +40,7 @@ def _emulator(content: RecordDict, cfg: dict, context: Context) -> Emulator:
         )
         cache.store(content.array_records[S.STANDIN_RECORD], digest)
         log.info("stand-in %s… stored in %s", digest[:12], cache.root)
-    emu = cache.load(digest)
-    if emu.tokenizer is None:
-        raise ValueError(f"stand-in {digest[:12]}… has no tokenizer")
-    if emu.tokenizer.pad_token_id is None:
-        emu.tokenizer.pad_token = emu.tokenizer.eos_token
-    return emu
+    return cached_standin(context, digest)
 
 
 def _adapter(content: RecordDict, cfg: dict, context: Context) -> dict:
@@ -112,26 +85,9 @@ def train(message: Message, context: Context) -> Message:
     bytes_down = content_nbytes(content)
     emu = _emulator(content, cfg, context)
     adapter = _adapter(content, cfg, context)
-    examples = local_examples(
-        context.node_config, context.run_config, cfg[S.TASK], "train", cfg[S.SEED], cfg.get(S.MAX_EXAMPLES, 0)
-    )
-    seed = derive_seed(cfg[S.SEED], cfg[S.ROUND], _site(context))
-    train_fn = train_adapter
-    if is_control(emu):  # the stand-in's manifest says what it is; the control model is the adapter
-        train_fn = partial(train_control_update, cache_root=cache_dir(context.node_config))
-    update = train_fn(
-        emu,
-        adapter,
-        examples,
-        lora_rank=cfg[S.LORA_RANK],
-        train_lora_a=context.run_config.get("lora-aggregation", "ffa") == "product",
-        steps=cfg[S.LOCAL_STEPS],
-        lr=float(cfg[S.LR]),
-        batch_size=cfg.get(S.BATCH_SIZE, 16),
-        seed=seed,
-    )
-    delta, norm = clip_update(update.delta, float(cfg.get(S.CLIP_NORM, 0.0)))
-    encoded = codecs.encode(delta, cfg[S.CODEC], **_codec_params(cfg, seed))
+    step = local_round(context, cfg, emu, adapter)
+    delta, update, examples = step.delta, step.update, step.examples
+    encoded = codecs.encode(delta, cfg[S.CODEC], **_codec_params(cfg, step.seed))
     arrays, meta = codecs.to_records(encoded)
     metrics = MetricRecord(
         {
@@ -146,10 +102,6 @@ def train(message: Message, context: Context) -> Message:
     )
     reply = RecordDict({S.ADAPTER_RECORD: arrays, S.UPDATE_META_RECORD: meta, S.METRICS_RECORD: metrics})
     S.check_message("train-res", reply)
-    log.info(
-        "round %s site %s: %d examples, loss %.3f, |delta| %.3g, %.1f s",
-        cfg[S.ROUND], _site(context), len(examples), update.stats.loss, norm, update.stats.seconds,
-    )  # fmt: skip
     return Message(reply, reply_to=message)
 
 

@@ -22,9 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from client.cache import StandinCache, cache_dir
-from client.local_data import local_examples
-from client.privacy import clip_update
-from client.trainer import train_adapter
+from client.round_step import cached_standin, local_round
 from client.trust import check_payload
 from protocols import schema as S
 from protocols.hashing import hash_state_dict
@@ -46,8 +44,6 @@ def secagg_train(message: Message, context: Context) -> Message:
 
 def fit(message: Message, context: Context) -> Message:
     """Verify the signed global adapter, tune it locally, reply with the (clipped) delta as a FitRes."""
-    from client.client_app import derive_seed  # late: client_app imports this module
-
     fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
     cfg = dict(fitins.config)
     S.validate_config(cfg, REQUIRED, OPTIONAL)
@@ -61,31 +57,13 @@ def fit(message: Message, context: Context) -> Message:
         hash_state_dict(adapter),
         "adapter",
     )
-    cache = StandinCache(cache_dir(context.node_config))
     digest = cfg[S.STANDIN_HASH]
-    if not cache.has(digest):
+    if not StandinCache(cache_dir(context.node_config)).has(digest):
         raise S.ProtocolError(
             f"stand-in {digest[:12]}… is not in this site's cache; it must be delivered first"
         )
-    emu = cache.load(digest)
-    if emu.tokenizer.pad_token_id is None:
-        emu.tokenizer.pad_token = emu.tokenizer.eos_token
-    examples = local_examples(
-        context.node_config, context.run_config, cfg[S.TASK], "train", cfg[S.SEED], cfg.get(S.MAX_EXAMPLES, 0)
-    )
-    site = context.node_config.get("partition-id", context.node_id)
-    update = train_adapter(
-        emu,
-        adapter,
-        examples,
-        lora_rank=cfg[S.LORA_RANK],
-        train_lora_a=cfg.get(S.LORA_AGGREGATION, "ffa") == "product",
-        steps=cfg[S.LOCAL_STEPS],
-        lr=float(cfg[S.LR]),
-        batch_size=cfg.get(S.BATCH_SIZE, 16),
-        seed=derive_seed(cfg[S.SEED], cfg[S.ROUND], site),
-    )
-    delta, _ = clip_update(update.delta, float(cfg.get(S.CLIP_NORM, 0.0)))
+    step = local_round(context, cfg, cached_standin(context, digest), adapter)
+    delta, examples = step.delta, step.examples
     order = sorted(delta)
     parameters = ndarrays_to_parameters([delta[k].numpy().astype(np.float32) for k in order])
     fitres = FitRes(Status(Code.OK, "ok"), parameters, len(examples), {})  # order: sorted trained names

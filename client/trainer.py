@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 from emulator.data import Example
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.plugin import attach_adapter, lora_state, lora_trainable
+from emulator.plugin import attach_adapter, lora_state, lora_trainable, trained_adapter_names
 from emulator.train import TrainStats, collate, encode, supervised_loss, tune
 
 
@@ -21,11 +20,6 @@ class LocalUpdate:
 
     delta: dict[str, torch.Tensor]
     stats: TrainStats
-
-
-def _with_adapter(emu: Emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
-    """The emulator's model carrying the global adapter (whole blocks, or a peft LoRA wrapper)."""
-    return attach_adapter(emu, adapter, lora_rank)
 
 
 def train_adapter(
@@ -44,26 +38,16 @@ def train_adapter(
 
     Whole blocks: every adapter-block tensor. LoRA: B only when A is frozen (FFA-LoRA), else A and B.
     """
-    model = _with_adapter(emu, adapter, lora_rank)
+    model = attach_adapter(emu, adapter, lora_rank)
     if lora_rank == 0:
         params = emu.freeze_all_but_adapter()
     else:
         params = lora_trainable(model, train_lora_a)
     stats = tune(model, emu.tokenizer, examples, params, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     trained = emu.adapter_state_dict() if lora_rank == 0 else lora_state(model, emu.manifest.layout)
-    if lora_rank and not train_lora_a:
-        trained = {k: v for k, v in trained.items() if ".lora_A" not in k}
-    delta = {k: (v.float() - adapter[k].float()) for k, v in trained.items()}
+    names = trained_adapter_names(trained, lora_rank, train_lora_a)
+    delta = {k: (trained[k].float() - adapter[k].float()) for k in names}
     return LocalUpdate(delta, stats)
-
-
-def clip_delta(delta: dict[str, torch.Tensor], max_norm: float) -> tuple[dict[str, torch.Tensor], float]:
-    """Scale the delta to global L2 norm <= max_norm (0: no clipping); return it and its original norm."""
-    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
-    if max_norm and norm > max_norm:
-        scale = max_norm / norm
-        delta = {k: t * scale for k, t in delta.items()}
-    return delta, norm
 
 
 @torch.no_grad()
@@ -85,5 +69,5 @@ def evaluate_adapter(
     emu: Emulator, adapter: dict[str, torch.Tensor], examples: list[Example], lora_rank: int
 ) -> tuple[float, float]:
     """(accuracy %, response loss) of the emulator carrying the adapter on local examples."""
-    model = _with_adapter(emu, adapter, lora_rank)
+    model = attach_adapter(emu, adapter, lora_rank)
     return accuracy(model, emu.tokenizer, examples), response_loss(model, emu.tokenizer, examples)

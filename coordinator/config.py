@@ -13,7 +13,7 @@ from typing import Any
 
 STRATEGIES = ("fedavg", "fedadam", "fedyogi")
 AGGREGATORS = ("fedavg", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties")
-# Byzantine-robust merges: Flower's own FedMedian / FedTrimmedAvg / Krum on the adapter (coordinator.robust).
+# Byzantine-robust merges: Flower's own FedMedian / FedTrimmedAvg / Krum on the adapter (coordinator.aggregation.robust).
 ROBUST_AGGREGATORS = ("fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("none", "server", "client")
 LORA_AGGREGATIONS = ("ffa", "product")
@@ -179,7 +179,7 @@ class FederationConfig:
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics-port must be in 0..65535 (0: off); got {self.metrics_port}")
         if self.store_url and self.store_url.lower() != "none":
-            from coordinator.runstore.store import StoreError, check_store_url
+            from coordinator.ops.runstore.store import StoreError, check_store_url
 
             try:
                 check_store_url(self.store_url)

@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import FederationConfig
-from coordinator.federation import run_federation
+from coordinator.federation.loop import run_federation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,8 +40,8 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         _plain_logging()
         cfg = FederationConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
-        if cfg.secure_aggregation:  # SecAgg+ lives on Flower's legacy workflow path (coordinator.secagg_app)
-            from coordinator.secagg_app import run_secure
+        if cfg.secure_aggregation:  # SecAgg+ lives on Flower's legacy workflow path (coordinator.federation.secagg)
+            from coordinator.federation.secagg import run_secure
 
             run_secure(grid, context, cfg)
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -74,11 +75,23 @@ def add_lora(model: nn.Module, positions: list[int], rank: int, **kwargs) -> Pef
     return get_peft_model(model, lora_config(model, positions, rank, **kwargs))
 
 
+def is_lora_a(name: str) -> bool:
+    """Whether a parameter or adapter key is a LoRA A factor (frozen under FFA-LoRA)."""
+    return "lora_A" in name
+
+
+def trained_adapter_names(names: Iterable[str], lora_rank: int, train_lora_a: bool) -> list[str]:
+    """The adapter tensors a site trains and sends, sorted: all of them, or LoRA B only under FFA-LoRA."""
+    if lora_rank and not train_lora_a:
+        return sorted(k for k in names if not is_lora_a(k))
+    return sorted(names)
+
+
 def lora_trainable(model: nn.Module, train_a: bool) -> list[nn.Parameter]:
     """The LoRA model's trainable parameters, after freezing every A when `train_a` is False (FFA-LoRA)."""
     if not train_a:
         for name, p in model.named_parameters():
-            if "lora_A" in name:
+            if is_lora_a(name):
                 p.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 

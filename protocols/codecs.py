@@ -16,7 +16,6 @@ must therefore run the same torch version (the CPU Mersenne Twister stream is st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -28,6 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from protocols.schema import PROTOCOL_VERSION, ProtocolError
+from protocols.seeds import dare_mask
 from protocols.tensors import array_record_to_state_dict, state_dict_to_array_record
 
 # DARE's rescaling is only harmless while deltas stay small (DARE paper; DESIGN.md section 3).
@@ -174,18 +174,6 @@ def _decode_fp16(encoded: Encoded, entries: list[_Entry]) -> dict[str, torch.Ten
 
 
 # --- DARE ---------------------------------------------------------------------------------------
-
-
-def dare_tensor_seed(seed: int, name: str) -> int:
-    """Per-tensor generator seed: first 8 bytes of SHA-256("<seed>:<name>"), 63 bits."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def dare_mask(seed: int, name: str, numel: int, p: float) -> torch.Tensor:
-    """Boolean keep-mask of `numel` entries (row-major), each kept with probability 1-p."""
-    g = torch.Generator(device="cpu").manual_seed(dare_tensor_seed(seed, name))
-    return torch.rand(numel, generator=g, dtype=torch.float32) >= p
 
 
 def _encode_dare(items: list[tuple[str, torch.Tensor]], p: float, seed: int) -> Encoded:

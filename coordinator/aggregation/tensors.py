@@ -13,7 +13,6 @@ is not: it divides by the *number* of agreeing clients, so example counts cannot
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,8 @@ from typing import Literal
 
 import torch
 from peft.utils.merge_utils import calculate_majority_sign_mask, magnitude_based_pruning
+
+from protocols.seeds import dare_mask, merge_client_seed
 
 Delta = dict[str, torch.Tensor]
 Weights = Sequence[float] | torch.Tensor
@@ -172,12 +173,6 @@ def _mean(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 # --- DARE masks ---------------------------------------------------------------------------------
 
 
-def dare_tensor_seed(seed: int, name: str) -> int:
-    """Per-tensor generator seed: first 8 bytes of SHA-256("<seed>:<name>"), 63 bits (as protocols/codecs)."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def dare_keep_mask(seed: int, name: str, shape: torch.Size | Sequence[int], p: float) -> torch.Tensor:
     """Bool keep-mask of `shape` (CPU), each entry kept with probability 1−p, rebuilt from (seed, name).
 
@@ -186,9 +181,7 @@ def dare_keep_mask(seed: int, name: str, shape: torch.Size | Sequence[int], p: f
     """
     _check_p(p)
     _check_seed(seed)
-    g = torch.Generator(device="cpu").manual_seed(dare_tensor_seed(seed, name))
-    numel = math.prod(shape)
-    return (torch.rand(numel, generator=g, dtype=torch.float32) >= p).reshape(tuple(shape))
+    return dare_mask(seed, name, tuple(shape), p)
 
 
 def dare_drop(delta: Mapping[str, torch.Tensor], p: float, seed: int) -> Delta:
@@ -206,8 +199,7 @@ def dare_drop(delta: Mapping[str, torch.Tensor], p: float, seed: int) -> Delta:
 def client_seed(seed: int, index: int) -> int:
     """Independent 63-bit DARE seed for client `index` of a merge seeded with `seed`."""
     _check_seed(seed)
-    digest = hashlib.sha256(f"{seed}:client:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return merge_client_seed(seed, index)
 
 
 # --- aggregators --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from emulator.zoo.specs import DEFAULT_MODEL, MODELS, TASKS_DIR, model_path
+from emulator.zoo.locate import public_texts, zoo_model_dir
+from emulator.zoo.specs import DEFAULT_MODEL, MODELS
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "resolve_model", "load_model", "public_texts"]
 
@@ -15,10 +16,7 @@ def resolve_model(spec: str) -> Path:
     """A model reference as a directory: 'zoo:NAME' (or a bare zoo name) or a local checkpoint path."""
     name = spec[4:] if spec.startswith("zoo:") else spec
     if name in MODELS:
-        path = model_path(name)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"zoo model {name!r} is not built yet: run 'offsite zoo build'")
-        return path
+        return zoo_model_dir(name)
     path = Path(spec).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(
@@ -41,9 +39,3 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
-
-
-def public_texts(limit: int | None = None) -> list[str]:
-    """Public (non-private) English text for calibration and distillation."""
-    lines = [t for t in (TASKS_DIR / "public.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
-    return lines[:limit] if limit else lines

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from coordinator.cli import app
-from coordinator.merge import (
+from coordinator.aggregation.merge import (
     MergeConfigError,
     MergeSource,
     MergeSpec,
@@ -125,7 +125,7 @@ def test_bad_yaml_and_missing_adapter(tmp_path):
     with pytest.raises(MergeConfigError, match="not valid YAML"):
         load_spec(bad)
     full = tiny_model("llama", layers=4)
-    from coordinator.merge import read_adapter
+    from coordinator.aggregation.merge import read_adapter
 
     with pytest.raises(MergeConfigError, match="no adapter"):
         read_adapter(tmp_path / "missing-run")

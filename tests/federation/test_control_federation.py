@@ -10,8 +10,8 @@ import torch
 
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.federation import load_adapter, run_federation
-from coordinator.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.inprocess_grid import InProcessGrid
 from emulator.control.model import CONTROL_METHOD, control_from_state
 
 
@@ -61,7 +61,7 @@ def test_control_run_trains_and_aggregates_the_control_model(small_run, tiny_che
 
 def test_zero_control_model_leaves_the_template_unchanged(small_run, tiny_checkpoint, tmp_path):
     """Round-0 global control model (zero head): template + control scores exactly as the template."""
-    from coordinator.control_standin import build_control_standin, evaluate_control, initial_control_adapter
+    from coordinator.federation.standin.control import build_control_standin, evaluate_control, initial_control_adapter
     from emulator.data import load_task
     from emulator.evaluate import accuracy
 
@@ -85,7 +85,7 @@ def test_control_config_errors(bad):
 
 def test_control_trainer_refuses_lora(small_run, tiny_checkpoint):
     from client.control_trainer import train_control_update
-    from coordinator.control_standin import build_control_standin, initial_control_adapter
+    from coordinator.federation.standin.control import build_control_standin, initial_control_adapter
 
     cfg = FederationConfig.from_run_config(_control_run(small_run, tiny_checkpoint))
     emu = build_control_standin(cfg)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coordinator.checkpoint import list_checkpoints
+from coordinator.federation.checkpoint import list_checkpoints
 
 from .loopback import Loopback
 

@@ -11,10 +11,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from client.cache import StandinCache
 from client.client_app import app as client_app
-from coordinator.checkpoint import list_checkpoints, load_latest
+from coordinator.federation.checkpoint import list_checkpoints, load_latest
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.federation import load_adapter, run_federation
-from coordinator.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.inprocess_grid import InProcessGrid
 from protocols import schema as S
 from protocols.signing import SignatureError
 
@@ -181,7 +181,7 @@ def test_silent_and_failing_nodes_do_not_stall_a_round(small_run, tmp_path):
 
 
 def test_no_nodes_is_an_error_not_a_hang(small_run, tmp_path):
-    from coordinator.strategy import NoNodesError
+    from coordinator.federation.strategy import NoNodesError
 
     with pytest.raises(NoNodesError, match="0 node"):
         run({**small_run, "node-timeout": 0.5}, tmp_path, n_nodes=0)

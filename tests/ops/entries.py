@@ -1,4 +1,4 @@
-"""History entries shaped like the ones coordinator.federation builds (for store and metrics tests)."""
+"""History entries shaped like the ones coordinator.federation.loop builds (for store and metrics tests)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 def make_entry(
     rnd: int, n_clients: int = 8, epsilon: float | None = None, failed: tuple[int, ...] = ()
 ) -> dict:
-    """A history entry as coordinator.federation builds it: round figures plus one row per client."""
+    """A history entry as coordinator.federation.loop builds it: round figures plus one row per client."""
     clients = []
     for i in range(n_clients):
         ok = i not in failed

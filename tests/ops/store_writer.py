@@ -13,8 +13,8 @@ import time
 
 from sqlalchemy import insert
 
-from coordinator.runstore.store import RunStore, client_row, round_row
-from coordinator.runstore.tables import client_rounds, rounds
+from coordinator.ops.runstore.store import RunStore, client_row, round_row
+from coordinator.ops.runstore.tables import client_rounds, rounds
 from tests.ops.entries import make_entry
 
 

@@ -11,8 +11,8 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from coordinator.dashboard import create_app
-from coordinator.runstore import RunStore, default_store_url
+from coordinator.ops.dashboard import create_app
+from coordinator.ops.runstore import RunStore, default_store_url
 from tests.ops.conftest import ARTIFACTS
 from tests.ops.entries import make_entry
 

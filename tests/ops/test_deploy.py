@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from coordinator.metrics import MetricsObserver, OffsiteMetrics
+from coordinator.ops.metrics import MetricsObserver, OffsiteMetrics
 from tests.ops.entries import make_entry
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

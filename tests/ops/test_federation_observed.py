@@ -7,9 +7,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.client_app import app as client_app
 from coordinator.config import FederationConfig
-from coordinator.federation import run_federation
-from coordinator.inprocess_grid import InProcessGrid
-from coordinator.runstore import RunObserver, RunStore, default_store_url
+from coordinator.federation.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import run_federation
+from coordinator.ops.observers import RunObserver
+from coordinator.ops.runstore import RunStore, default_store_url
 
 
 class Trace(RunObserver):

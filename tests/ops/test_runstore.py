@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.runstore import RunRecorder, RunStore, StoreError, default_store_url, store_url_for
+from coordinator.ops.runstore import RunRecorder, RunStore, StoreError, default_store_url
+from coordinator.ops.wiring import store_url_for
 from tests.ops.entries import make_entry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from coordinator.lineage import verify_lineage
+from coordinator.federation.lineage import verify_lineage
 from protocols.signing import load_public_key
 from tests.federation.loopback import Loopback
 

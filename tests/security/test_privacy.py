@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from dp_accounting import dp_event, rdp
 
-from coordinator.checkpoint import load_latest
-from coordinator.lineage import read_lineage
+from coordinator.federation.checkpoint import load_latest
+from coordinator.federation.lineage import read_lineage
 
 from .harness import run, statuses
 from .poison import malicious_sites, norm_update

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from coordinator.checkpoint import list_checkpoints
-from coordinator.robust import robust_merge
+from coordinator.federation.checkpoint import list_checkpoints
+from coordinator.aggregation.robust import robust_merge
 
 from .harness import run
 from .poison import malicious_sites, scaled_update

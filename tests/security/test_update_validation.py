@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.lineage import FILENAME, verify_lineage
+from coordinator.federation.lineage import FILENAME, verify_lineage
 from protocols.signing import SignatureError, load_public_key
 
 from .harness import run, statuses

@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from coordinator.runstore.store import RunStore, public_url
+from coordinator.ops.runstore.store import RunStore, public_url
 
 STATIC = Path(__file__).resolve().parent / "static"
 FIVE = ("full zero-shot", "emulator zero-shot", "emulator FT", "plug-in", "full FT (centralised)")

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord
 from torch import nn
 
-from coordinator.assets import public_texts
 from coordinator.config import FederationConfig
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.emulator import MANIFEST, Emulator, load_emulator, read_manifest, state_dict_hash
+from emulator.zoo import public_texts
 from protocols.hashing import hash_directory
 from protocols.signing import (
     generate_signing_key,
@@ -108,7 +108,7 @@ def prepare_standin(
                 )
         else:
             if cfg.standin == "control":
-                from coordinator.control_standin import build_control_standin
+                from coordinator.federation.standin.control import build_control_standin
 
                 emu = build_control_standin(cfg)
             else:

@@ -18,15 +18,15 @@ from flwr.serverapp import Grid
 from safetensors.torch import save_file
 from torch import nn
 
-from coordinator.assets import resolve_model_spec
-from coordinator.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from coordinator.config import RESUMABLE_CHANGES, ConfigError, FederationConfig
-from coordinator.control_standin import evaluate_control, initial_control_adapter, is_control
-from coordinator.lineage import append_round, round_record
-from coordinator.report import build_report, format_summary, save_report
-from coordinator.runstore import Observers, RunObserver, observers_for
-from coordinator.standin import prepare_standin, signing_key
-from coordinator.strategy import OffsiteStrategy, make_strategy, record_to_state, state_to_record
+from coordinator.federation.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from coordinator.federation.lineage import append_round, round_record
+from coordinator.federation.report import build_report, format_summary, save_report
+from coordinator.federation.standin.control import evaluate_control, initial_control_adapter, is_control
+from coordinator.federation.standin.emulator import prepare_standin, signing_key
+from coordinator.federation.strategy import OffsiteStrategy, make_strategy
+from coordinator.ops.observers import Observers, RunObserver
+from coordinator.ops.wiring import observers_for
 from emulator.blocks import get_blocks
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
@@ -36,6 +36,7 @@ from emulator.train import tune
 from emulator.zoo import load_model
 from protocols import schema as S
 from protocols.codecs import DARE_SAFE_MAX_ABS
+from protocols.records import from_float32_record, to_float32_record
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -238,7 +239,7 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
     log.info("run directory %s", run_dir)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_run_config(), indent=2) + "\n")
 
-    full, tok = load_model(resolve_model_spec(cfg.model))
+    full, tok = load_model(cfg.model)
     key = signing_key(cfg, run_dir)
     standin = prepare_standin(cfg, full, tok, run_dir, key)
     if state is not None and state["standin_hash"] != standin.hash:
@@ -277,7 +278,7 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
     }
     obs.run_started(run_dir, cfg.to_run_config(), baseline, standin_info, history)
 
-    arrays = state_to_record(adapter)
+    arrays = to_float32_record(adapter)
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         messages = list(strategy.configure_train(rnd, arrays, train_config(cfg), grid))
@@ -288,7 +289,7 @@ def _run(grid: Grid, cfg: FederationConfig, run_dir: Path, obs: Observers) -> di
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        previous, adapter = adapter, record_to_state(arrays)
+        previous, adapter = adapter, from_float32_record(arrays)
         evals = (
             evaluate_server(full, emu, tok, adapter, cfg.lora_rank, eval_set)
             if server_eval_due(cfg, rnd)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from coordinator.runstore.observer import RunObserver
-from coordinator.runstore.store import epsilon_of
+from coordinator.ops.observers import RunObserver
+from coordinator.ops.runstore.store import epsilon_of
 
 ROUND_BUCKETS_S = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, insert,
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from coordinator.runstore.tables import RUN_STATES, client_rounds, events, metadata, rounds, runs
+from coordinator.ops.runstore.tables import RUN_STATES, client_rounds, events, metadata, rounds, runs
 
 BUSY_TIMEOUT_S = 30.0
 DB_FILE = "offsite.db"
@@ -72,7 +72,7 @@ def epsilon_of(entry: dict) -> float | None:
 
 
 def round_row(entry: dict) -> dict:
-    """The `rounds` columns of one history entry (see coordinator.federation)."""
+    """The `rounds` columns of one history entry (see coordinator.federation.loop)."""
     clients = entry.get("clients") or []
     train = entry.get("train") or {}
     client_eval = entry.get("client_eval") or {}

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from emulator.zoo.specs import MODELS, ZOO_DIR
+from emulator.zoo.specs import ZOO_DIR
 
 
 def _installed_zoo_dir() -> Path | None:
@@ -43,15 +43,12 @@ def zoo_dirs() -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def resolve_model_spec(spec: str) -> str:
-    """A model spec usable by `emulator.zoo.load_model`: zoo names become a directory with weights."""
-    name = spec[4:] if spec.startswith("zoo:") else spec
-    if name not in MODELS:
-        return str(Path(spec).expanduser())
+def zoo_model_dir(name: str) -> Path:
+    """The directory holding zoo model `name`'s config and weights, searched in `zoo_dirs()`."""
     for root in zoo_dirs():
         path = root / "models" / name
         if (path / "config.json").exists() and any(path.glob("*.safetensors")):
-            return str(path)
+            return path
     raise FileNotFoundError(
         f"zoo model {name!r} has no weights in {', '.join(map(str, zoo_dirs()))}; "
         "run 'offsite zoo build' or set OFFSITE_ZOO_DIR"
@@ -59,7 +56,7 @@ def resolve_model_spec(spec: str) -> str:
 
 
 def public_texts(limit: int | None = None) -> list[str]:
-    """Public calibration/distillation text (emulator.zoo.public_texts, found outside a FAB too)."""
+    """Public (non-private) English text for calibration and distillation, found outside a FAB too."""
     for root in zoo_dirs():
         path = root / "tasks" / "public.txt"
         if path.exists():

@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from coordinator.cli.common import console
 from protocols.signing import generate_signing_key, save_private_key, save_public_key
 from protocols.tls import make_certificates
-
-console = Console()
 
 
 def certs(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,21 +23,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
 from coordinator.aggregation import aggregate, ffa_mean, product_space_mean
+from coordinator.aggregation.privacy import CentralDP
+from coordinator.aggregation.robust import robust_merge
 from coordinator.config import ROBUST_AGGREGATORS, FederationConfig
-from coordinator.privacy import CentralDP
-from coordinator.robust import robust_merge
-from coordinator.standin import StandIn, sign
+from coordinator.federation.standin.emulator import StandIn, sign
+from emulator.plugin import trained_adapter_names
 from protocols import codecs
 from protocols import schema as S
 from protocols.hashing import hash_state_dict
-from protocols.tensors import array_record_to_state_dict, state_dict_to_array_record
+from protocols.records import content_nbytes, from_float32_record, record_sha256, to_float32_record
+from protocols.seeds import sample_nodes
+from protocols.tensors import state_dict_to_array_record
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -48,26 +50,6 @@ SETTLE_S = 10.0  # seconds an unchanged node count ends the wait for more nodes
 
 class NoNodesError(RuntimeError):
     """Not enough nodes connected within the node timeout."""
-
-
-def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """A float32 ArrayRecord of the server's master copy (never sent as is)."""
-    return ArrayRecord({k: Array(v.detach().cpu().float().contiguous().numpy()) for k, v in state.items()})
-
-
-def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Float32 tensors from an ArrayRecord."""
-    return {k: torch.from_numpy(np.array(a.numpy(), dtype=np.float32)) for k, a in record.items()}
-
-
-def record_sha256(record: ArrayRecord) -> str:
-    """SHA-256 of an ArrayRecord's tensors as sent (wire dtypes): the adapter manifest's content hash."""
-    return hash_state_dict(array_record_to_state_dict(record, dtype=None))
-
-
-def content_nbytes(content: RecordDict) -> int:
-    """Bytes of every record in a message's content."""
-    return int(sum(record.count_bytes() for record in content.values()))
 
 
 @dataclass
@@ -178,9 +160,7 @@ class OffsiteStrategy:
 
     def select(self, server_round: int, nodes: list[int]) -> list[int]:
         """A seeded sample of clients-per-round nodes (all of them when fewer are connected)."""
-        k = min(self.cfg.clients_per_round, len(nodes))
-        rng = random.Random(f"offsite:{self.cfg.seed}:{server_round}")
-        return sorted(rng.sample(sorted(nodes), k))
+        return sample_nodes(self.cfg.seed, server_round, nodes, self.cfg.clients_per_round)
 
     def query_holders(self, grid: Grid, nodes: list[int]) -> None:
         """Ask nodes not known to hold the stand-in whether they do (no answer in time: no)."""
@@ -213,7 +193,7 @@ class OffsiteStrategy:
     # --- payloads -------------------------------------------------------------------------
     def signed_adapter(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str, bytes]:
         """The fp16 wire copy of `arrays` with its signed manifest (made once per batch of messages)."""
-        wire = state_dict_to_array_record(record_to_state(arrays))
+        wire = state_dict_to_array_record(from_float32_record(arrays))
         manifest, signature = sign(self.key, record_sha256(wire), "adapter", self.standin.hash, server_round)
         return wire, manifest, signature
 
@@ -264,7 +244,7 @@ class OffsiteStrategy:
     ) -> Iterable[Message]:
         """Per-node train messages; the stand-in goes only to nodes that lack it."""
         self.round_log = RoundLog(server_round)
-        self._prev = record_to_state(arrays)
+        self._prev = from_float32_record(arrays)
         if hasattr(self, "current_arrays"):  # FedOpt family: the point its server step starts from
             self.current_arrays = {k: v.numpy() for k, v in self._prev.items()}
         nodes = self.select(server_round, self.wait_for_nodes(grid, self.cfg.clients_per_round))
@@ -281,7 +261,7 @@ class OffsiteStrategy:
         names = frozenset(self.shapes)
         if not self.cfg.lora_rank:
             return [names]
-        b_only = frozenset(k for k in names if ".lora_A" not in k)
+        b_only = frozenset(trained_adapter_names(names, self.cfg.lora_rank, train_lora_a=False))
         return [b_only] if self.cfg.lora_aggregation == "ffa" else [names, b_only]
 
     def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -367,8 +347,8 @@ class OffsiteStrategy:
         else:
             candidate = self.merge([u[2] for u in usable], weights)
         self.round_log.merged = [(u[1], u[0], w) for u, w in zip(usable, weights, strict=True)]
-        arrays, _ = super().aggregate_train(server_round, [_synthetic_reply(state_to_record(candidate))])
-        arrays = state_to_record(record_to_state(arrays))  # FedAdam/FedYogi steps come back as float64
+        arrays, _ = super().aggregate_train(server_round, [_synthetic_reply(to_float32_record(candidate))])
+        arrays = to_float32_record(from_float32_record(arrays))  # FedAdam/FedYogi steps come back as float64
         return arrays, self._metrics([u[3] for u in usable], weights)
 
     @staticmethod

@@ -14,18 +14,19 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from protocols import schema as S
+from protocols.records import from_float32_record, to_float32_record
 
 
 def plain_reply(arrays: dict[str, np.ndarray], weight: float, node: int = 0) -> Message:
     """A train reply as Flower's built-in strategies expect it: one ArrayRecord, one MetricRecord."""
     # Message(content, dst, type) needs a runtime TaskIdentity; build the metadata directly instead.
     meta = Metadata(0, "", node, 0, "", "", time.time(), 3600.0, MessageType.TRAIN)
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()})
+    record = to_float32_record(arrays)
     content = RecordDict({"arrays": record, "metrics": MetricRecord({S.NUM_EXAMPLES: weight})})
     return Message(content=content, metadata=meta)
 
@@ -64,6 +65,4 @@ def robust_merge(
     arrays, _ = strategy.aggregate_train(server_round, plain_replies(previous, deltas, weights))
     if arrays is None:
         raise ValueError(f"{name} returned no aggregate")
-    return {
-        k: torch.from_numpy(np.array(a.numpy(), dtype=np.float32)) - previous[k] for k, a in arrays.items()
-    }
+    return {k: v - previous[k] for k, v in from_float32_record(arrays).items()}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
@@ -32,32 +31,26 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
-from coordinator.assets import resolve_model_spec
 from coordinator.config import FederationConfig
-from coordinator.federation import (
+from coordinator.federation.lineage import append_round, round_record
+from coordinator.federation.loop import (
     evaluate_config,
     evaluate_server,
     initial_adapter,
     run_dir_for,
     server_eval_due,
 )
-from coordinator.lineage import append_round, round_record
-from coordinator.standin import StandIn, prepare_standin, sign, signing_key
-from coordinator.strategy import make_strategy, state_to_record
+from coordinator.federation.standin.emulator import StandIn, prepare_standin, sign, signing_key
+from coordinator.federation.strategy import make_strategy
 from emulator.data import load_task
 from emulator.evaluate import accuracy
+from emulator.plugin import trained_adapter_names
 from emulator.zoo import load_model
 from protocols import schema as S
 from protocols.hashing import hash_state_dict
+from protocols.seeds import sample_nodes
 
 log = logging.getLogger("offsite.coordinator")
-
-
-def trained_names(cfg: FederationConfig, adapter: dict[str, torch.Tensor]) -> list[str]:
-    """The tensors sites train and send, in the order of their delta vectors."""
-    if cfg.lora_rank and cfg.lora_aggregation == "ffa":
-        return sorted(k for k in adapter if ".lora_A" not in k)
-    return sorted(adapter)
 
 
 class SecAggFedAvg(LegacyFedAvg):
@@ -75,7 +68,7 @@ class SecAggFedAvg(LegacyFedAvg):
         )
         self.cfg, self.standin, self.key = cfg, standin, key
         self.adapter = {k: v.float().clone() for k, v in adapter.items()}
-        self.trained = trained_names(cfg, adapter)
+        self.trained = trained_adapter_names(adapter, cfg.lora_rank, cfg.lora_aggregation == "product")
         self.evaluate_fn = evaluate
         self.rounds: list[dict] = []
         self.last_mean: dict[str, torch.Tensor] = {}
@@ -89,11 +82,12 @@ class SecAggFedAvg(LegacyFedAvg):
         if not client_manager.wait_for(max(2, self.cfg.min_clients), timeout=int(self.cfg.node_timeout)):
             log.warning("round %d: fewer than %d sites connected", server_round, max(2, self.cfg.min_clients))
             return []
-        proxies = sorted(client_manager.all().values(), key=lambda p: p.node_id)
-        rng = random.Random(f"offsite:{self.cfg.seed}:{server_round}")
-        chosen = sorted(
-            rng.sample(proxies, min(self.cfg.clients_per_round, len(proxies))), key=lambda p: p.node_id
-        )
+        proxies = client_manager.all()
+        by_id = {p.node_id: p for p in proxies.values()}
+        chosen = [
+            by_id[n]
+            for n in sample_nodes(self.cfg.seed, server_round, list(by_id), self.cfg.clients_per_round)
+        ]
         names = sorted(self.adapter)
         manifest, signature = sign(
             self.key, hash_state_dict(self.adapter), "adapter", self.standin.hash, server_round
@@ -176,7 +170,7 @@ def deliver_standin(grid: Grid, cfg: FederationConfig, standin: StandIn, key, ad
     lacking = [n for n in nodes if n not in helper.holders]
     if lacking:
         config = dict(evaluate_config(cfg))
-        messages = helper._messages(0, state_to_record(adapter), config, lacking, MessageType.EVALUATE)
+        messages = helper._messages(0(adapter), config, lacking, MessageType.EVALUATE)
         for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
             if reply.has_error():
                 log.warning(
@@ -192,7 +186,7 @@ def run_secure(grid: Grid, context: Context, cfg: FederationConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    full, tok = load_model(resolve_model_spec(cfg.model))
+    full, tok = load_model(cfg.model)
     key = signing_key(cfg, run_dir)
     standin = prepare_standin(cfg, full, tok, run_dir, key)
     emu = standin.load()

@@ -7,15 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]Error:[/red] {message}")
-    raise typer.Exit(2)
+from coordinator.cli.common import console, fail
 
 
 def _load_control(path: Path):
@@ -28,7 +22,7 @@ def _load_control(path: Path):
     if manifest.exists() and (path / "adapter.safetensors").exists():
         from transformers import AutoTokenizer
 
-        from coordinator.federation import load_adapter
+        from coordinator.federation.loop import load_adapter
 
         meta = json.loads(manifest.read_text())
         if meta.get("method") != CONTROL_METHOD:
@@ -54,7 +48,7 @@ def port(
         model, ctok = _load_control(control)
         _, ttok = load_model(target)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     tmap = map_tokenizers(ttok, ctok)
     save_control(model, ctok, out / "control")
     tmap.save(out / "token_map.safetensors")
@@ -88,7 +82,7 @@ def generate(
     from emulator.zoo import load_model
 
     if control is not None and proxy is not None:
-        _fail("choose --control or --proxy, not both")
+        fail("choose --control or --proxy, not both")
     try:
         target, tok = load_model(model)
         if control is not None:
@@ -124,6 +118,6 @@ def generate(
             new = proxy_generate(target, tok, prompt, pair, alpha=alpha, max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for p, ids in zip(prompt, new, strict=True):
         console.print(f"[bold]{p}[/bold]{tok.decode(ids, skip_special_tokens=True)}")

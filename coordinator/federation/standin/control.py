@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig
 
-from coordinator.assets import resolve_model_spec
 from coordinator.config import FederationConfig
 from emulator.control.model import CONTROL_METHOD, control_config, control_from_state, new_control_model
 from emulator.control.port import controlled_accuracy
@@ -32,7 +31,7 @@ def is_control(emu: Emulator) -> bool:
 
 def build_control_standin(cfg: FederationConfig) -> Emulator:
     """The template named by `control-template`, wrapped as an identity emulator with the control recipe."""
-    template, tok = load_model(resolve_model_spec(cfg.control_template))
+    template, tok = load_model(cfg.control_template)
     config = control_config(template.config, tok, cfg.control_layers, cfg.control_hidden)
     n = template.config.num_hidden_layers
     manifest = Manifest(

@@ -21,9 +21,8 @@ import json
 import logging
 import math
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
@@ -31,8 +30,9 @@ from flwr.serverapp.strategy import (
     FedAvg,
 )
 
+from coordinator.aggregation.robust import plain_replies
 from coordinator.config import FederationConfig
-from coordinator.robust import plain_replies
+from protocols.records import from_float32_record, to_float32_record
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -50,10 +50,6 @@ class _Relay(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         """The relayed messages, unchanged."""
         return list(self.pending)
-
-
-def _record(state: dict[str, torch.Tensor], names: list[str]) -> ArrayRecord:
-    return ArrayRecord({k: Array(state[k].detach().float().contiguous().numpy()) for k in names})
 
 
 class CentralDP:
@@ -99,7 +95,7 @@ class CentralDP:
         if messages:
             self.wrapper.num_sampled_clients = len(messages)  # noise std z·C/n for the n actually asked
         return list(
-            self.wrapper.configure_train(server_round, _record(previous, self.names), ConfigRecord(), grid)
+            self.wrapper.configure_train(server_round, to_float32_record(previous, self.names), ConfigRecord(), grid)
         )
 
     def check_client_clipped(self, delta: dict[str, torch.Tensor], norm: float) -> dict[str, torch.Tensor]:
@@ -121,10 +117,7 @@ class CentralDP:
             log.warning("round %d: the DP wrapper released nothing (a sampled site's update is missing)",
                         server_round)  # fmt: skip
             return None
-        out = dict(previous)
-        for k, a in arrays.items():
-            out[k] = torch.from_numpy(np.array(a.numpy(), dtype=np.float32))
-        return out
+        return {**previous, **from_float32_record(arrays)}
 
     def skip(self, server_round: int) -> None:
         """Forget a configured round that released nothing (no privacy spent on it)."""

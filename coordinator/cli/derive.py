@@ -1,0 +1,61 @@
+"""`offsite derive`: an emulator (stand-in) of a full model, saved with its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coordinator.cli.common import console, fail, progress
+
+
+def derive(
+    out: Annotated[Path, typer.Option(help="Directory to write the emulator to.")],
+    model: Annotated[
+        str, typer.Option(help="zoo:NAME or a local Hugging Face checkpoint directory.")
+    ] = "zoo:base",
+    method: Annotated[str, typer.Option(help="crash (default) or uniform.")] = "crash",
+    first: Annotated[int, typer.Option(help="Adapter blocks at the bottom.")] = 2,
+    last: Annotated[int, typer.Option(help="Adapter blocks at the top.")] = 2,
+    keep: Annotated[int, typer.Option(help="Blocks (uniform) or clusters (crash) kept for the middle.")] = 3,
+    placement: Annotated[str, typer.Option(help="edges (first/last) or spread (crash only).")] = "edges",
+    distill_steps: Annotated[int, typer.Option(help="Distil the middle for this many steps (0: off).")] = 0,
+    seed: int = 0,
+) -> None:
+    """Derive an emulator (stand-in) from a full model and save it with its manifest."""
+    from emulator.derive import EmulatorOptions, derive_emulator
+    from emulator.distill import distill, text_rows
+    from emulator.zoo import load_model, public_texts
+
+    try:
+        full, tok = load_model(model)
+        options = EmulatorOptions(method, first, last, keep, placement)
+        options.check(full.config.num_hidden_layers)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    calib = text_rows(tok, public_texts(256))
+    with progress() as bar:
+        task = bar.add_task(
+            f"derive {method}", total=1, info="CKA on calibration text" if method == "crash" else ""
+        )
+        try:
+            emu = derive_emulator(full, options, calibration=calib, tokenizer=tok)
+        except ValueError as exc:
+            fail(str(exc))
+        bar.update(task, completed=1, info="")
+        if distill_steps:
+            dtask = bar.add_task("distil middle", total=distill_steps, info="")
+            distill(
+                emu,
+                full,
+                *calib,
+                steps=distill_steps,
+                seed=seed,
+                progress=lambda s, t, d: bar.update(dtask, completed=s, info=f"nmse {d:.3f}"),
+            )
+    digest = emu.save(out)
+    console.print(
+        f"Emulator written to {out}: layout {emu.manifest.layout}, adapter blocks "
+        f"{emu.manifest.adapter_blocks}, hash {digest[:16]}…"
+    )

@@ -1,0 +1,1 @@
+"""Operations: the run store, Prometheus metrics, the web dashboard and the observers that feed them."""
