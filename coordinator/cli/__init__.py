@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Annotated
 
 import typer
 
@@ -19,7 +21,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-app = typer.Typer(help="Offsite: tune a large model at sites that never see it.", no_args_is_help=True)
+# No locals in tracebacks: they would print whole configs, a store-url password included.
+app = typer.Typer(
+    help="Offsite: tune a large model at sites that never see it.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_short=True,
+)
+
+if not sys.stderr.isatty():
+    # Piped, typer's error panel wraps a message at 80 columns; click's plain text keeps it on one line.
+    from typer import rich_utils
+
+    rich_utils.rich_format_error = lambda exc: exc.show()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"offsite {version('offsite')}")
+        except PackageNotFoundError:
+            typer.echo("offsite (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Offsite: tune a large model at sites that never see it."""
 app.add_typer(zoo_app, name="zoo")
 app.command("derive")(derive)
 app.command("experiment")(experiment)

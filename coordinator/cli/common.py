@@ -1,16 +1,94 @@
-"""What every `offsite` command shares: the console, progress bars and the plain-words error exit."""
+"""What every `offsite` command shares: the consoles, progress display and the plain-words error exit."""
 
 from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
+# Piped into a file, rich would wrap every line and cut table cells at 80 columns: give it room instead.
+_WIDE = 10_000
 console = Console()
+err_console = Console(stderr=True)
+for _c in (console, err_console):
+    if not _c.is_terminal:
+        _c.width = _WIDE
+        _c.soft_wrap = True
+
+PLAIN_EVERY_S = 5.0
 
 
-def progress() -> Progress:
-    """A rich progress bar: description, bar, done/total, a free-text info field, elapsed time."""
+class PlainProgress:
+    """Progress as plain log lines ('stage: 12/100 steps, 34 s') every few seconds, for logs and pipes."""
+
+    def __init__(self, out: Console, every_s: float = PLAIN_EVERY_S) -> None:
+        self.console = out
+        self.every_s = every_s
+        self._tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for task_id in self._tasks:
+            self._emit(task_id, final=True)
+
+    def add_task(self, description: str, total: float | None = 1, **fields: Any) -> int:
+        """Start following a task; returns its id."""
+        now = time.monotonic()
+        task_id = len(self._tasks)
+        self._tasks[task_id] = {"description": description, "total": total, "completed": 0.0,
+                                "fields": dict(fields), "start": now, "last": now, "shown": None}  # fmt: skip
+        return task_id
+
+    def update(
+        self,
+        task_id: int,
+        *,
+        completed: float | None = None,
+        advance: float | None = None,
+        total: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """Change a task; a line is printed when `every_s` passed since its last one."""
+        task = self._tasks[task_id]
+        if total is not None and total != task["total"]:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        task["fields"].update(fields)
+        if time.monotonic() - task["last"] >= self.every_s:
+            self._emit(task_id)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        """Advance a task by `advance` units."""
+        self.update(task_id, advance=advance)
+
+    def _emit(self, task_id: int, final: bool = False) -> None:
+        task = self._tasks[task_id]
+        state = (task["completed"], task["total"], task["fields"].get("info", ""))
+        if final and state == task["shown"]:
+            return
+        task["last"] = time.monotonic()
+        task["shown"] = state
+        done, total, info = state
+        amount = f"{done:.0f}/{total:.0f}" if total else f"{done:.0f}"
+        info = f" {info}" if info else ""
+        elapsed = task["last"] - task["start"]
+        self.console.print(f"{task['description'].strip()}: {amount}{info}, {elapsed:.0f} s", highlight=False)
+
+
+def progress() -> Progress | PlainProgress:
+    """A rich progress bar in a terminal; plain timed lines when output goes to a file or a pipe."""
+    if not console.is_terminal:
+        return PlainProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -21,7 +99,28 @@ def progress() -> Progress:
     )
 
 
-def fail(message: str) -> None:
-    """Print a user error in plain words and exit with status 2 (no traceback)."""
-    console.print(f"[red]Error:[/red] {message}")
-    raise typer.Exit(2)
+@contextmanager
+def status(message: str):
+    """A spinner in a terminal; one plain line (and the time taken) otherwise."""
+    if console.is_terminal:
+        with console.status(message):
+            yield
+        return
+    start = time.monotonic()
+    console.print(f"{message} ...", highlight=False)
+    yield
+    console.print(f"{message}: done, {time.monotonic() - start:.0f} s", highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a user error in plain words to stderr and exit with `code` (2: bad input; no traceback)."""
+    # A Text, not markup: messages quote user input and paths, where '[...]' must print as typed.
+    err_console.print(Text.assemble(("Error:", "red"), " ", message), highlight=False)
+    raise typer.Exit(code)
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """Refuse `value` outside [low, high] with a message naming the option."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in {low}..{high}"
+        fail(f"{name} must be {bounds}; got {value}")
