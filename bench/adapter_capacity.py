@@ -50,7 +50,7 @@ def run(
     """Train each adapter at each lr; accuracy and loss per (adapter, lr). `shape`: emulator (first, last, keep)."""
     from bench.client_step import lora_adapter, training_model
     from bench.growth import save_standins
-    from coordinator.federation.loop import plugged
+    from coordinator.federation.standin.emulator import plugged
     from emulator.blocks import num_blocks
     from emulator.data import load_task
     from emulator.distill import text_rows

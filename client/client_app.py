@@ -55,15 +55,6 @@ def _adapter(content: RecordDict, cfg: dict, context: Context) -> dict:
     return array_record_to_state_dict(record)
 
 
-def _codec_params(cfg: dict, seed: int) -> dict:
-    codec = cfg[S.CODEC]
-    if codec == "dare":
-        return {"p": float(cfg.get(S.DARE_P, 0.5)), "seed": seed}
-    if codec == "topk":
-        return {"fraction": float(cfg.get(S.TOPK_FRACTION, 0.1))}
-    return {}
-
-
 @app.query()
 def query(message: Message, context: Context) -> Message:
     """Answer whether this node already holds a stand-in, so the coordinator can skip sending it."""
@@ -87,7 +78,7 @@ def train(message: Message, context: Context) -> Message:
     adapter = _adapter(content, cfg, context)
     step = local_round(context, cfg, emu, adapter)
     delta, update, examples = step.delta, step.update, step.examples
-    encoded = codecs.encode(delta, cfg[S.CODEC], **_codec_params(cfg, step.seed))
+    encoded = codecs.encode(delta, cfg[S.CODEC], **codecs.CODECS[cfg[S.CODEC]].params_from(cfg, step.seed))
     arrays, meta = codecs.to_records(encoded)
     metrics = MetricRecord(
         {

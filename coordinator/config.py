@@ -11,18 +11,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from coordinator.aggregation import registry as aggregators
+from coordinator.federation.standin import STANDIN_KINDS
+from emulator.data import PARTITIONERS
+from emulator.derive import METHODS as EMULATOR_METHODS
+from protocols.codecs import CODECS
+
+# Choices that name an extension point come from its registry, so a registered method is a valid value.
 STRATEGIES = ("fedavg", "fedadam", "fedyogi")
-AGGREGATORS = ("fedavg", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties")
-# Byzantine-robust merges: Flower's own FedMedian / FedTrimmedAvg / Krum on the adapter (coordinator.aggregation.robust).
-ROBUST_AGGREGATORS = ("fedmedian", "fedtrimmedavg", "krum")
 DP_MODES = ("none", "server", "client")
-LORA_AGGREGATIONS = ("ffa", "product")
-CODECS = ("fp16", "dare", "topk", "int8")
 CLIENT_EVAL = ("none", "final", "every")
-PARTITIONINGS = ("iid", "dirichlet", "pathological")
-# "full": the identity stand-in (the whole model, every block an adapter block), the FlowerTune-style baseline.
-EMULATOR_METHODS = ("crash", "uniform", "full")
-STANDINS = ("emulator", "control")
 
 
 class ConfigError(ValueError):
@@ -148,15 +146,15 @@ class FederationConfig:
         """Raise ConfigError for values that cannot work."""
         choices = {
             "strategy": STRATEGIES,
-            "aggregator": AGGREGATORS + ROBUST_AGGREGATORS,
+            "aggregator": aggregators.names("delta") + aggregators.names("robust"),
             "dp": DP_MODES,
-            "lora-aggregation": LORA_AGGREGATIONS,
-            "codec": CODECS,
+            "lora-aggregation": aggregators.names("lora"),
+            "codec": tuple(CODECS),
             "client-eval": CLIENT_EVAL,
-            "partitioning": PARTITIONINGS,
+            "partitioning": tuple(PARTITIONERS),
             "standin-dtype": ("float16", "float32"),
             "placement": ("edges", "spread"),
-            "standin": STANDINS,
+            "standin": tuple(STANDIN_KINDS),
         }
         for key, allowed in choices.items():
             value = getattr(self, key.replace("-", "_"))
@@ -228,7 +226,7 @@ class FederationConfig:
         """Robust merges, DP and SecAgg+ only where their guarantees hold (docs/security.md)."""
         if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
             raise ConfigError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
-        if self.aggregator in ROBUST_AGGREGATORS and self.lora_rank and self.lora_aggregation == "product":
+        if self.aggregator in aggregators.names("robust") and self.lora_rank and self.lora_aggregation == "product":
             raise ConfigError(
                 f"aggregator={self.aggregator} would merge LoRA A and B apart; use lora-aggregation=ffa"
             )

@@ -154,6 +154,41 @@ def to_dataset(examples: list[Example]) -> Dataset:
     return Dataset.from_list([{"idx": i, "label": e.label} for i, e in enumerate(examples)])
 
 
+def _iid(num_partitions: int, n: int, alpha: float, classes_per_partition: int, seed: int):
+    from flwr_datasets.partitioner import IidPartitioner
+
+    return IidPartitioner(num_partitions=num_partitions)
+
+
+def _dirichlet(num_partitions: int, n: int, alpha: float, classes_per_partition: int, seed: int):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=max(1, min(10, n // (4 * num_partitions))),
+        self_balancing=False,
+        seed=seed,
+    )
+
+
+def _pathological(num_partitions: int, n: int, alpha: float, classes_per_partition: int, seed: int):
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=classes_per_partition,
+        class_assignment_mode="deterministic",
+        seed=seed,
+    )
+
+
+# Run-config `partitioning` values: name -> a factory of the flwr-datasets partitioner.
+PARTITIONERS = {"iid": _iid, "dirichlet": _dirichlet, "pathological": _pathological}
+
+
 def partition(
     examples: list[Example],
     num_partitions: int,
@@ -162,31 +197,11 @@ def partition(
     classes_per_partition: int = 2,
     seed: int = 0,
 ) -> list[list[Example]]:
-    """Split examples across clients with flwr-datasets partitioners: 'iid', 'dirichlet' or 'pathological'."""
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
-
+    """Split examples across clients with the flwr-datasets partitioner registered as `scheme`."""
     if num_partitions < 1 or num_partitions > len(examples):
         raise ValueError(f"cannot split {len(examples)} examples into {num_partitions} partitions")
-    if scheme == "iid":
-        part = IidPartitioner(num_partitions=num_partitions)
-    elif scheme == "dirichlet":
-        part = DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=alpha,
-            min_partition_size=max(1, min(10, len(examples) // (4 * num_partitions))),
-            self_balancing=False,
-            seed=seed,
-        )
-    elif scheme == "pathological":
-        part = PathologicalPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            num_classes_per_partition=classes_per_partition,
-            class_assignment_mode="deterministic",
-            seed=seed,
-        )
-    else:
-        raise ValueError(f"unknown partition scheme {scheme!r}; choose iid, dirichlet or pathological")
+    if scheme not in PARTITIONERS:
+        raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {', '.join(PARTITIONERS)}")
+    part = PARTITIONERS[scheme](num_partitions, len(examples), alpha, classes_per_partition, seed)
     part.dataset = to_dataset(examples)
     return [[examples[i] for i in part.load_partition(p)["idx"]] for p in range(num_partitions)]

@@ -305,14 +305,25 @@ class Codec:
     encode: Callable[..., Encoded]
     decode: Callable[[Encoded, list[_Entry]], dict[str, torch.Tensor]]
     params: tuple[str, ...] = ()
+    # parameter -> the run-config key that sets it, which is also its key in the train message's config
+    config_keys: dict[str, str] = field(default_factory=dict)
+    # the site draws this codec's randomness from its per-round seed
+    seeded: bool = False
+
+    def params_from(self, config: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """This codec's keyword arguments from a config holding its keys (and the site's round seed)."""
+        out = {param: config[key] for param, key in self.config_keys.items() if key in config}
+        if self.seeded:
+            out["seed"] = seed
+        return out
 
 
 CODECS: dict[str, Codec] = {
     c.name: c
     for c in (
         Codec("fp16", _encode_fp16, _decode_fp16),
-        Codec("dare", _encode_dare, _decode_dare, params=("p", "seed")),
-        Codec("topk", _encode_topk, _decode_topk, params=("fraction",)),
+        Codec("dare", _encode_dare, _decode_dare, ("p", "seed"), {"p": "dare-p"}, seeded=True),
+        Codec("topk", _encode_topk, _decode_topk, ("fraction",), {"fraction": "topk-fraction"}),
         Codec("int8", _encode_int8, _decode_int8),
     )
 }

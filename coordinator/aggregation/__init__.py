@@ -1,6 +1,7 @@
-"""Aggregation and merge maths of the coordinator (DESIGN §3): plain tensors and exact LoRA.
+"""Aggregation and merging (docs/architecture.md#aggregation-and-dare): delta merges, exact LoRA, robust, DP.
 
-Depends on torch and peft only, so it can be tested and reused without Flower or the model code.
+`registry` names every method; `tensors` and `lora` depend on torch and peft only, so they can be
+tested and reused without Flower or the model code.
 """
 
 from coordinator.aggregation.lora import (
@@ -13,8 +14,6 @@ from coordinator.aggregation.lora import (
     product_space_mean,
 )
 from coordinator.aggregation.tensors import (
-    AGGREGATORS,
-    aggregate,
     check_deltas,
     dare_drop,
     dare_keep_mask,
@@ -31,8 +30,6 @@ from coordinator.aggregation.tensors import (
 )
 
 __all__ = [
-    "AGGREGATORS",
-    "aggregate",
     "check_deltas",
     "dare_drop",
     "dare_keep_mask",

@@ -4,7 +4,7 @@ Each source is an adapter a run produced (a run directory holding `adapter.safet
 `config.json`, or a bare `.safetensors` file): whole adapter blocks (`blocks.{i}.{param}`) or LoRA
 (`blocks.{i}.{module}.lora_A/B.weight`). Each becomes a *task vector* on the base model's block
 parameters: whole blocks minus the base model's blocks, or the dense LoRA product s·B·A. The
-vectors are merged with one of `coordinator.aggregation.AGGREGATORS` and added to the base model.
+vectors are merged with one of the `delta` methods of `coordinator.aggregation.registry` and added to the base model.
 
 The config file is YAML shaped like mergekit's:
 
@@ -37,20 +37,22 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from coordinator.aggregation import AGGREGATORS, aggregate
+from coordinator.aggregation import registry
 from coordinator.aggregation.lora import dense_delta
 from emulator.blocks import get_blocks
 
 LORA_SCALING = 2.0  # emulator.plugin.add_lora uses alpha = 2·rank, so s = alpha/rank = 2
-_METHOD_PARAMS = {
-    "fedavg": (),
-    "task_arithmetic": (),
-    "magnitude_prune": ("density",),
-    "ties": ("density",),
-    "dare_linear": ("p", "seed"),
-    "dare_ties": ("p", "seed"),
-}
-_GLOBAL_PARAMS = {"density", "p", "seed", "normalize", "lambda"}
+# Merge-file parameters beyond the methods' own: `normalize` the weights, scale the merged delta by `lambda`.
+_EXTRA_PARAMS = {"normalize", "lambda"}
+_DEFAULTS = {"density": 0.5, "p": 0.5, "seed": 0}
+
+
+def _methods() -> tuple[str, ...]:
+    return registry.names("delta")
+
+
+def _global_params() -> set[str]:
+    return {p for m in _methods() for p in registry.get(m).params} | _EXTRA_PARAMS
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
@@ -79,8 +81,7 @@ class MergeSpec:
     @property
     def aggregator_params(self) -> dict[str, Any]:
         """The parameters the chosen aggregator takes, with defaults filled in."""
-        defaults = {"density": 0.5, "p": 0.5, "seed": 0}
-        return {k: self.params.get(k, defaults[k]) for k in _METHOD_PARAMS[self.method]}
+        return {k: self.params.get(k, _DEFAULTS[k]) for k in registry.get(self.method).params}
 
 
 def _number(where: str, value: Any) -> float:
@@ -97,8 +98,8 @@ def parse_spec(data: Any, root: Path = Path(".")) -> MergeSpec:
     if unknown:
         raise MergeConfigError(f"unknown key(s) {unknown}")
     method = data.get("merge_method")
-    if method not in AGGREGATORS:
-        raise MergeConfigError(f"merge_method must be one of {', '.join(AGGREGATORS)}; got {method!r}")
+    if method not in _methods():
+        raise MergeConfigError(f"merge_method must be one of {', '.join(_methods())}; got {method!r}")
     base = data.get("base_model")
     if not isinstance(base, str) or not base:
         raise MergeConfigError("base_model must be 'zoo:<name>' or a checkpoint directory")
@@ -120,9 +121,9 @@ def parse_spec(data: Any, root: Path = Path(".")) -> MergeSpec:
         path = Path(entry["model"]).expanduser()
         sources.append(MergeSource(path if path.is_absolute() else root / path, weight))
     params = dict(data.get("parameters") or {})
-    unknown = sorted(set(params) - _GLOBAL_PARAMS)
+    unknown = sorted(set(params) - _global_params())
     if unknown:
-        raise MergeConfigError(f"parameters has unknown key(s) {unknown}; known: {sorted(_GLOBAL_PARAMS)}")
+        raise MergeConfigError(f"parameters has unknown key(s) {unknown}; known: {sorted(_global_params())}")
     for key in ("density", "p", "lambda"):
         if key in params:
             _number(f"parameters.{key}", params[key])
@@ -199,7 +200,7 @@ def merge_vectors(spec: MergeSpec, vectors: list[dict[str, torch.Tensor]]) -> di
     weights = [s.weight for s in spec.sources]
     if sum(weights) <= 0:
         raise MergeConfigError("the weights sum to zero")
-    merged = aggregate(spec.method, dense, weights, **spec.aggregator_params)
+    merged = registry.aggregate(spec.method, dense, weights, **spec.aggregator_params)
     scale = float(spec.params.get("lambda", 1.0))
     if not spec.params.get("normalize", False):
         scale *= sum(weights)

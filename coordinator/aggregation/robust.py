@@ -41,28 +41,30 @@ def plain_replies(
     ]
 
 
-def robust_strategy(name: str, trimmed_beta: float = 0.2, krum_malicious: int = 1) -> Strategy:
-    """Flower's strategy for a robust `aggregator` name (fedmedian, fedtrimmedavg, krum)."""
-    if name == "fedmedian":
-        return FedMedian()
-    if name == "fedtrimmedavg":
-        return FedTrimmedAvg(beta=trimmed_beta)
-    if name == "krum":
-        return Krum(num_malicious_nodes=krum_malicious)
-    raise ValueError(f"unknown robust aggregator {name!r}")
-
-
-def robust_merge(
-    name: str,
+def _merged_delta(
+    strategy: Strategy,
     previous: dict[str, torch.Tensor],
     deltas: list[dict[str, torch.Tensor]],
     weights: list[float],
     server_round: int,
-    **params,
 ) -> dict[str, torch.Tensor]:
-    """The merged delta (trained tensors only) that Flower's robust strategy picks from the clients'."""
-    strategy = robust_strategy(name, **params)
+    """The merged delta (trained tensors only) that Flower's `strategy` picks from the clients'."""
     arrays, _ = strategy.aggregate_train(server_round, plain_replies(previous, deltas, weights))
     if arrays is None:
-        raise ValueError(f"{name} returned no aggregate")
+        raise ValueError(f"{type(strategy).__name__} returned no aggregate")
     return {k: v - previous[k] for k, v in from_float32_record(arrays).items()}
+
+
+def fedmedian(previous, deltas, weights, server_round: int) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median of the clients' updates (Flower's FedMedian)."""
+    return _merged_delta(FedMedian(), previous, deltas, weights, server_round)
+
+
+def fedtrimmedavg(previous, deltas, weights, server_round: int, beta: float) -> dict[str, torch.Tensor]:
+    """Mean after trimming the `beta` share of extremes per coordinate (Flower's FedTrimmedAvg)."""
+    return _merged_delta(FedTrimmedAvg(beta=beta), previous, deltas, weights, server_round)
+
+
+def krum(previous, deltas, weights, server_round: int, num_malicious_nodes: int) -> dict[str, torch.Tensor]:
+    """The one update closest to its neighbours, tolerating `num_malicious_nodes` (Flower's Krum)."""
+    return _merged_delta(Krum(num_malicious_nodes=num_malicious_nodes), previous, deltas, weights, server_round)

@@ -13,7 +13,6 @@ is not: it divides by the *number* of agreeing clients, so example counts cannot
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
@@ -277,33 +276,3 @@ def dare_ties(
     _check_seed(seed)
     w = check_deltas(deltas, weights)
     return _per_tensor(_dare_all(deltas, p, seed), w, lambda s, ww: _ties_merge(s, ww, majority_sign_method))
-
-
-AGGREGATORS: dict[str, Callable[..., Delta]] = {
-    "fedavg": weighted_mean,
-    "task_arithmetic": task_arithmetic,
-    "magnitude_prune": magnitude_prune,
-    "ties": ties,
-    "dare_linear": dare_linear,
-    "dare_ties": dare_ties,
-}
-
-
-def aggregate(
-    name: str, deltas: Sequence[Mapping[str, torch.Tensor]], weights: Weights, **params: object
-) -> Delta:
-    """Run the aggregator registered as `name` with its parameters (see AGGREGATORS)."""
-    fn = AGGREGATORS.get(name)
-    if fn is None:
-        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
-    sig = inspect.signature(fn)
-    accepted = [p for p in sig.parameters if p not in ("deltas", "weights")]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(f"aggregator {name!r} takes no parameter(s) {unknown}; it accepts {accepted}")
-    missing = [
-        p for p in accepted if sig.parameters[p].default is inspect.Parameter.empty and p not in params
-    ]
-    if missing:
-        raise ValueError(f"aggregator {name!r} needs parameter(s) {missing}")
-    return fn(deltas, weights, **params)

@@ -5,11 +5,17 @@ strings, fuse [tool.flwr.app.config] with overrides, give that run config to the
 every ClientApp), minus the detached local SuperLink. Unlike `flwr.simulation.run_simulation`,
 ClientApps see the run config (Offsite clients read `partitioning` and `lora-aggregation` there).
 It relies on `flwr.simulation.run_simulation._run_simulation` (flwr 1.41, pinned < 1.42).
+
+Without a project directory, the installed package's own app runs: Flower reads the ClientApps' run
+config from a directory's pyproject.toml, so a small one is written to a temporary directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
@@ -21,6 +27,36 @@ from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
+
+COMPONENTS = {"serverapp": "coordinator.server_app:app", "clientapp": "client.client_app:app"}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def builtin_pyproject() -> str:
+    """A pyproject.toml for the installed package's Flower app, with every run-config default."""
+    from coordinator.config import FederationConfig
+
+    lines = ['[project]', 'name = "offsite-app"', 'version = "1.0.0"', "", "[tool.flwr.app]",
+             'publisher = "offsite"', "", "[tool.flwr.app.components]"]  # fmt: skip
+    lines += [f"{k} = {json.dumps(v)}" for k, v in COMPONENTS.items()]
+    lines += ["", "[tool.flwr.app.config]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in FederationConfig().to_run_config().items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def builtin_app_dir():
+    """A temporary Flower app directory for the installed package (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="offsite-app-") as tmp:
+        (Path(tmp) / "pyproject.toml").write_text(builtin_pyproject())
+        yield Path(tmp)
 
 
 def simulate(

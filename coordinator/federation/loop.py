@@ -22,8 +22,8 @@ from coordinator.config import RESUMABLE_CHANGES, ConfigError, FederationConfig
 from coordinator.federation.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from coordinator.federation.lineage import append_round, round_record
 from coordinator.federation.report import build_report, format_summary, save_report
-from coordinator.federation.standin.control import evaluate_control, initial_control_adapter, is_control
-from coordinator.federation.standin.emulator import prepare_standin, signing_key
+from coordinator.federation.standin import kind_of
+from coordinator.federation.standin.bundle import prepare_standin, signing_key
 from coordinator.federation.strategy import OffsiteStrategy, make_strategy
 from coordinator.ops.observers import Observers, RunObserver
 from coordinator.ops.wiring import observers_for
@@ -31,9 +31,9 @@ from emulator.blocks import get_blocks
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.plugin import add_lora, attach_adapter, lora_state, plug_in, plug_in_lora
 from emulator.train import tune
 from emulator.zoo import load_model
+from protocols import codecs
 from protocols import schema as S
 from protocols.codecs import DARE_SAFE_MAX_ABS
 from protocols.records import from_float32_record, to_float32_record
@@ -77,41 +77,15 @@ def _check_resumable(saved: dict, cfg: FederationConfig) -> None:
 
 
 def initial_adapter(cfg: FederationConfig, full: nn.Module, emu: Emulator) -> dict[str, torch.Tensor]:
-    """Round-0 global adapter: the full model's own adapter blocks, or a seeded fresh LoRA (B = 0)."""
-    if is_control(emu):
-        return initial_control_adapter(emu)
-    if cfg.lora_rank == 0:
-        blocks = get_blocks(full)
-        return {
-            f"blocks.{b}.{name}": t.detach().float().clone()
-            for b in emu.manifest.adapter_blocks
-            for name, t in blocks[b].state_dict().items()
-        }
-    torch.manual_seed(cfg.seed)
-    peft_model = add_lora(copy.deepcopy(emu.model), emu.manifest.adapter_positions, cfg.lora_rank)
-    return {k: v.float() for k, v in lora_state(peft_model, emu.manifest.layout).items()}
-
-
-def emulator_with(emu: Emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
-    """A copy of the emulator's model carrying the adapter."""
-    return attach_adapter(Emulator(copy.deepcopy(emu.model), emu.manifest, emu.tokenizer), adapter, lora_rank)
-
-
-def plugged(full: nn.Module, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
-    """A copy of the full model with the adapter plugged in at its block indices."""
-    return plug_in(full, adapter) if lora_rank == 0 else plug_in_lora(full, adapter, lora_rank)
+    """Round-0 global adapter of the stand-in's kind."""
+    return kind_of(emu).impl().initial_adapter(cfg, full, emu)
 
 
 def evaluate_server(
     full: nn.Module, emu: Emulator, tok, adapter: dict, lora_rank: int, eval_set: list[Example]
 ) -> dict[str, float]:
     """Plug-in and emulator-FT accuracy (%) of the adapter on the server's eval set."""
-    if is_control(emu):
-        return evaluate_control(full, emu, tok, adapter, eval_set)
-    return {
-        "plug-in": accuracy(plugged(full, adapter, lora_rank), tok, eval_set),
-        "emulator FT": accuracy(emulator_with(emu, adapter, lora_rank), tok, eval_set),
-    }
+    return kind_of(emu).impl().evaluate(full, emu, tok, adapter, lora_rank, eval_set)
 
 
 def centralised_reference(
@@ -165,10 +139,8 @@ def train_config(cfg: FederationConfig) -> ConfigRecord:
         S.CODEC: cfg.codec,
         S.BATCH_SIZE: cfg.batch_size,
     }
-    if cfg.codec == "dare":
-        values[S.DARE_P] = cfg.dare_p
-    if cfg.codec == "topk":
-        values[S.TOPK_FRACTION] = cfg.topk_fraction
+    run_config = cfg.to_run_config()
+    values.update({key: run_config[key] for key in codecs.CODECS[cfg.codec].config_keys.values()})
     # Client-mode DP: sites clip to dp-clip-norm themselves (the coordinator checks it on arrival).
     bounds = (cfg.clip_norm, cfg.dp_clip_norm if cfg.dp == "client" else 0.0)
     clip = min((b for b in bounds if b), default=0.0)

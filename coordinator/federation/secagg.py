@@ -40,7 +40,7 @@ from coordinator.federation.loop import (
     run_dir_for,
     server_eval_due,
 )
-from coordinator.federation.standin.emulator import StandIn, prepare_standin, sign, signing_key
+from coordinator.federation.standin.bundle import StandIn, prepare_standin, sign, signing_key
 from coordinator.federation.strategy import make_strategy
 from emulator.data import load_task
 from emulator.evaluate import accuracy

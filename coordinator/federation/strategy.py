@@ -29,11 +29,10 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
-from coordinator.aggregation import aggregate, ffa_mean, product_space_mean
+from coordinator.aggregation import registry
 from coordinator.aggregation.privacy import CentralDP
-from coordinator.aggregation.robust import robust_merge
-from coordinator.config import ROBUST_AGGREGATORS, FederationConfig
-from coordinator.federation.standin.emulator import StandIn, sign
+from coordinator.config import FederationConfig
+from coordinator.federation.standin.bundle import StandIn, sign
 from emulator.plugin import trained_adapter_names
 from protocols import codecs
 from protocols import schema as S
@@ -293,21 +292,17 @@ class OffsiteStrategy:
         prev = self._prev
         if self.cfg.lora_rank:
             states = [{k: prev[k] + d[k] if k in d else prev[k] for k in prev} for d in deltas]
+            merge_lora = registry.get(self.cfg.lora_aggregation, "lora").fn
             if self.cfg.lora_aggregation == "ffa":
-                return ffa_mean(states, weights)
-            r = self.cfg.lora_rank
-            return product_space_mean(states, weights, scaling=2.0, rank=r)  # add_lora uses alpha = 2r
-        params = {
-            "ties": {"density": self.cfg.merge_density},
-            "magnitude_prune": {"density": self.cfg.merge_density},
-            "dare_linear": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
-            "dare_ties": {"p": self.cfg.merge_p, "seed": self.cfg.seed + self.round_log.server_round},
-        }.get(self.cfg.aggregator, {})
-        if self.cfg.aggregator in ROBUST_AGGREGATORS:
-            merged = robust_merge(self.cfg.aggregator, prev, deltas, weights, self.round_log.server_round,
-                                  trimmed_beta=self.cfg.trimmed_beta, krum_malicious=self.cfg.krum_malicious)  # fmt: skip
+                return merge_lora(states, weights)
+            return merge_lora(states, weights, scaling=2.0, rank=self.cfg.lora_rank)  # add_lora: alpha = 2r
+        rnd = self.round_log.server_round
+        method = registry.get(self.cfg.aggregator)
+        params = method.params_from(self.cfg.to_run_config(), seed=self.cfg.seed + rnd)
+        if method.kind == "robust":
+            merged = method.fn(prev, deltas, weights, rnd, **params)
             return {k: prev[k] + merged[k] if k in merged else prev[k] for k in prev}
-        merged = aggregate(self.cfg.aggregator, deltas, weights, **params)
+        merged = registry.aggregate(self.cfg.aggregator, deltas, weights, **params)
         return {k: prev[k] + merged[k].float() for k in prev}
 
     def aggregate_train(

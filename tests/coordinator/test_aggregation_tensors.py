@@ -2,9 +2,8 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
+from coordinator.aggregation.registry import aggregate, names
 from coordinator.aggregation.tensors import (
-    AGGREGATORS,
-    aggregate,
     dare_drop,
     dare_linear,
     dare_ties,
@@ -122,7 +121,7 @@ def test_dare_ties_without_drop_is_ties_without_trim():
 
 
 def test_aggregate_dispatches_and_checks_parameters():
-    assert set(AGGREGATORS) >= {
+    assert set(names("delta")) >= {
         "fedavg",
         "task_arithmetic",
         "ties",

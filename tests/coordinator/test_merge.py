@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from coordinator.cli import app
 from coordinator.aggregation.merge import (
     MergeConfigError,
     MergeSource,
@@ -23,6 +22,7 @@ from coordinator.aggregation.merge import (
     parse_spec,
     task_vector,
 )
+from coordinator.cli import app
 from emulator.blocks import get_blocks
 from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
 from tests.conftest import tiny_model

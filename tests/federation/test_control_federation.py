@@ -10,8 +10,8 @@ import torch
 
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.federation.loop import load_adapter, run_federation
 from coordinator.federation.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import load_adapter, run_federation
 from emulator.control.model import CONTROL_METHOD, control_from_state
 
 
@@ -61,14 +61,14 @@ def test_control_run_trains_and_aggregates_the_control_model(small_run, tiny_che
 
 def test_zero_control_model_leaves_the_template_unchanged(small_run, tiny_checkpoint, tmp_path):
     """Round-0 global control model (zero head): template + control scores exactly as the template."""
-    from coordinator.federation.standin.control import build_control_standin, evaluate_control, initial_control_adapter
+    from coordinator.federation.standin.control import build, evaluate, initial_adapter
     from emulator.data import load_task
     from emulator.evaluate import accuracy
 
     cfg = FederationConfig.from_run_config(_control_run(small_run, tiny_checkpoint))
-    emu = build_control_standin(cfg)
+    emu = build(cfg)
     eval_set = load_task("wn-category", "test")[:16]
-    got = evaluate_control(emu.model, emu, emu.tokenizer, initial_control_adapter(emu), eval_set)
+    got = evaluate(emu.model, emu, emu.tokenizer, initial_adapter(cfg, None, emu), 0, eval_set)
     alone = accuracy(emu.model, emu.tokenizer, eval_set)
     assert got == {"plug-in": alone, "emulator FT": alone}
 
@@ -85,12 +85,12 @@ def test_control_config_errors(bad):
 
 def test_control_trainer_refuses_lora(small_run, tiny_checkpoint):
     from client.control_trainer import train_control_update
-    from coordinator.federation.standin.control import build_control_standin, initial_control_adapter
+    from coordinator.federation.standin.control import build, initial_adapter
 
     cfg = FederationConfig.from_run_config(_control_run(small_run, tiny_checkpoint))
-    emu = build_control_standin(cfg)
+    emu = build(cfg)
     with pytest.raises(ValueError, match="lora-rank must be 0"):
         train_control_update(
-            emu, initial_control_adapter(emu), [], steps=1, lr=1e-3, batch_size=2, seed=0, lora_rank=4
+            emu, initial_adapter(cfg, None, emu), [], steps=1, lr=1e-3, batch_size=2, seed=0, lora_rank=4
         )
-    assert torch.is_tensor(initial_control_adapter(emu)["lm_head.weight"])
+    assert torch.is_tensor(initial_adapter(cfg, None, emu)["lm_head.weight"])

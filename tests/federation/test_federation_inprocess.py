@@ -11,10 +11,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from client.cache import StandinCache
 from client.client_app import app as client_app
-from coordinator.federation.checkpoint import list_checkpoints, load_latest
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.checkpoint import list_checkpoints, load_latest
 from coordinator.federation.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import load_adapter, run_federation
 from protocols import schema as S
 from protocols.signing import SignatureError
 

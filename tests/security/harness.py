@@ -9,8 +9,8 @@ from flwr.app import Message
 
 from client.client_app import app as client_app
 from coordinator.config import FederationConfig
-from coordinator.federation.loop import run_federation
 from coordinator.federation.inprocess_grid import InProcessGrid
+from coordinator.federation.loop import run_federation
 
 Tamper = Callable[[Message], None]
 

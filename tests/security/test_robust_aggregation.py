@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from coordinator.aggregation import registry
 from coordinator.federation.checkpoint import list_checkpoints
-from coordinator.aggregation.robust import robust_merge
 
 from .harness import run
 from .poison import malicious_sites, scaled_update
@@ -45,10 +45,10 @@ def test_robust_merges_on_synthetic_deltas():
     deltas, weights = [*honest, byzantine], [1.0] * 5
     for name, params in (
         ("fedmedian", {}),
-        ("fedtrimmedavg", {"trimmed_beta": 0.2}),
-        ("krum", {"krum_malicious": 1}),
+        ("fedtrimmedavg", {"beta": 0.2}),
+        ("krum", {"num_malicious_nodes": 1}),
     ):
-        merged = robust_merge(name, prev, deltas, weights, 1, **params)
+        merged = registry.get(name, "robust").fn(prev, deltas, weights, 1, **params)
         err = max(float((merged[k] - target[k]).abs().max()) for k in target)
         assert err < 0.005, (name, err)
     mean = {k: sum(d[k] for d in deltas) / 5 for k in prev}

@@ -9,13 +9,13 @@ import pytest
 from safetensors.torch import load_file
 
 from client.cache import StandinCache
-from protocols.seeds import site_seed as derive_seed
 from client.local_data import local_examples
 from client.trainer import train_adapter
 from coordinator.config import FederationConfig
 from coordinator.federation.loop import initial_adapter
 from coordinator.federation.secagg import make_secagg_server_app
 from emulator.zoo import load_model
+from protocols.seeds import site_seed as derive_seed
 
 ROOT = Path(__file__).parents[2]
 

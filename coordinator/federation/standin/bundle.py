@@ -1,4 +1,4 @@
-"""The stand-in (emulator) a run ships to clients: derive or load it, sign it, bundle it for the wire."""
+"""The stand-in a run ships to sites, whatever its kind: built or loaded, signed, bundled for the wire."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from coordinator.config import FederationConfig
-from emulator.derive import EmulatorOptions, derive_emulator
+from coordinator.federation.standin import STANDIN_KINDS
 from emulator.emulator import MANIFEST, Emulator, load_emulator, read_manifest, state_dict_hash
-from emulator.zoo import public_texts
 from protocols.hashing import hash_directory
 from protocols.signing import (
     generate_signing_key,
@@ -79,18 +78,6 @@ def sign(
     return manifest_to_json(manifest), sign_manifest(manifest, key)
 
 
-def _derive(cfg: FederationConfig, full: nn.Module, tokenizer) -> Emulator:
-    from emulator.distill import distill, text_rows
-
-    options = EmulatorOptions(cfg.method, cfg.adapter_first, cfg.adapter_last, cfg.keep, cfg.placement)
-    needs_text = cfg.method == "crash" or cfg.distill_steps
-    calib = text_rows(tokenizer, public_texts(cfg.calibration_texts)) if needs_text else None
-    emu = derive_emulator(full, options, calibration=calib, tokenizer=tokenizer)
-    if cfg.distill_steps:
-        distill(emu, full, *calib, steps=cfg.distill_steps, seed=cfg.seed)
-    return emu
-
-
 def prepare_standin(
     cfg: FederationConfig, full: nn.Module, tokenizer, run_dir: Path, key: Ed25519PrivateKey
 ) -> StandIn:
@@ -107,12 +94,7 @@ def prepare_standin(
                     cfg.model,
                 )
         else:
-            if cfg.standin == "control":
-                from coordinator.federation.standin.control import build_control_standin
-
-                emu = build_control_standin(cfg)
-            else:
-                emu = _derive(cfg, full, tokenizer)
+            emu = STANDIN_KINDS[cfg.standin].impl().build(cfg, full, tokenizer)
             emu.model.to(getattr(torch, cfg.standin_dtype))  # the frozen middle travels in fp16 by default
             emu.save(tmp)
         tmp.rename(target)

@@ -24,12 +24,7 @@ from emulator.zoo import load_model
 _MAPS: dict[tuple[int, int], TokenMap] = {}
 
 
-def is_control(emu: Emulator) -> bool:
-    """Whether a stand-in is a control template rather than an emulator."""
-    return emu.manifest.method == CONTROL_METHOD
-
-
-def build_control_standin(cfg: FederationConfig) -> Emulator:
+def build(cfg: FederationConfig, full=None, tokenizer=None) -> Emulator:
     """The template named by `control-template`, wrapped as an identity emulator with the control recipe."""
     template, tok = load_model(cfg.control_template)
     config = control_config(template.config, tok, cfg.control_layers, cfg.control_hidden)
@@ -52,7 +47,7 @@ def build_control_standin(cfg: FederationConfig) -> Emulator:
     return Emulator(template, manifest, tok)
 
 
-def initial_control_adapter(emu: Emulator) -> dict[str, torch.Tensor]:
+def initial_adapter(cfg: FederationConfig, full, emu: Emulator) -> dict[str, torch.Tensor]:
     """Round-0 global adapter: a fresh control model (zero LM head: shift 0; embeddings from the template)."""
     options = emu.manifest.options
     config = LlamaConfig.from_dict(options["control_config"])
@@ -67,8 +62,8 @@ def _map_for(tok, control_tok) -> TokenMap:
     return _MAPS[key]
 
 
-def evaluate_control(
-    full, emu: Emulator, tok, adapter: dict[str, torch.Tensor], eval_set: list[Example]
+def evaluate(
+    full, emu: Emulator, tok, adapter: dict[str, torch.Tensor], lora_rank: int, eval_set: list[Example]
 ) -> dict[str, float]:
     """Accuracy (%) of the full model with the ported control ("plug-in") and of template + control."""
     control = control_from_state(emu.manifest.options["control_config"], adapter)
