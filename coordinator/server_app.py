@@ -13,8 +13,8 @@ import sys
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.config import FederationConfig
 from coordinator.federation.loop import run_federation
+from coordinator.runconfig import check_server_run_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -39,7 +39,7 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         _plain_logging()
-        cfg = FederationConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+        cfg = check_server_run_config({**dict(context.run_config), **(overrides or {})})
         if cfg.secure_aggregation:  # SecAgg+ lives on Flower's legacy workflow path (coordinator.federation.secagg)
             from coordinator.federation.secagg import run_secure
 

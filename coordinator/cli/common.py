@@ -124,3 +124,11 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in {low}..{high}"
         fail(f"{name} must be {bounds}; got {value}")
+
+
+def interval(percent: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval, in percent, of an accuracy of `percent` % measured on `n` examples."""
+    p = percent / 100
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)

@@ -37,15 +37,19 @@ def run_federated(
 
     The defaults (8 sites, 3 rounds of 30 steps on zoo:base) take about 6 minutes on 2 CPU cores.
     """
-    from coordinator.config import ConfigError, FederationConfig
     from coordinator.runconfig import RunConfigError, parse_run_config
 
     if app_dir is not None and not (app_dir / "pyproject.toml").is_file():
-        fail(f"{app_dir.resolve()} has no pyproject.toml; --app takes a Flower app directory")
+        fail(f"--app: {app_dir.resolve()} has no pyproject.toml; --app takes a Flower app directory")
     try:
         overrides = parse_run_config(run_config)
+    except RunConfigError as exc:
+        fail(str(exc))
+    from coordinator.config import ConfigError, FederationConfig  # loads torch: after the cheap checks
+
+    try:
         cfg = FederationConfig.from_run_config(overrides)
-    except (RunConfigError, ConfigError) as exc:
+    except ConfigError as exc:
         fail(str(exc))
     _check_inputs(cfg)
 
@@ -69,14 +73,10 @@ def run_federated(
 
 def _check_inputs(cfg) -> None:
     """Refuse a missing model or data file before Ray and the model start."""
-    from emulator.data import EMBEDDED_TASKS, is_data_file
+    from coordinator.cli.checks import check_model, check_task
 
-    if cfg.task not in EMBEDDED_TASKS and not is_data_file(cfg.task):
-        fail(f"unknown task {cfg.task!r}; embedded tasks are {sorted(EMBEDDED_TASKS)}, or give a data file")
-    if is_data_file(cfg.task) and not Path(cfg.task).expanduser().is_file():
-        fail(f"task file {cfg.task} does not exist")
-    if not cfg.model.startswith("zoo:") and not Path(cfg.model).expanduser().is_dir():
-        fail(f"model {cfg.model!r} is neither a zoo model (zoo:NAME) nor a checkpoint directory")
+    check_task(cfg.task, "run-config task")
+    check_model(cfg.model, "run-config model")
 
 
 def _eval_size(cfg) -> int | None:

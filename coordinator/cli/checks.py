@@ -1,0 +1,63 @@
+"""Checks of models, tasks and files that run before torch loads, so bad input fails in a second."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from coordinator.cli.common import fail
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def _zoo_dir() -> Path:
+    # find_spec, not an import: importing emulator.zoo loads torch (seconds).
+    spec = importlib.util.find_spec("emulator")
+    return Path(next(iter(spec.submodule_search_locations))) / "zoo"
+
+
+def embedded_tasks() -> list[str]:
+    """Names of the embedded tasks (their train files in the package)."""
+    return sorted(p.name.removesuffix(".train.jsonl") for p in (_zoo_dir() / "tasks").glob("*.train.jsonl"))
+
+
+def zoo_models() -> list[str]:
+    """Names of the zoo's models."""
+    return sorted(p.name for p in (_zoo_dir() / "models").iterdir() if p.is_dir())
+
+
+def is_data_file(task: str) -> bool:
+    """Whether `task` names a data file (by its suffix) rather than an embedded task."""
+    return Path(task).suffix.lower() in DATA_SUFFIXES
+
+
+def check_task(task: str, option: str = "--task") -> None:
+    """Refuse an unknown embedded task or a data file that does not exist."""
+    if is_data_file(task):
+        if not Path(task).expanduser().is_file():
+            fail(f"{option}: data file {task} does not exist")
+    elif task not in embedded_tasks():
+        fail(
+            f"{option}: unknown task {task!r}; embedded tasks are {', '.join(embedded_tasks())}, "
+            f"or give a {'/'.join(DATA_SUFFIXES)} file"
+        )
+
+
+def check_model(model: str, option: str = "--model") -> None:
+    """Refuse a model that is neither a zoo model nor a checkpoint directory with a config.json."""
+    name = model.removeprefix("zoo:")
+    if name in zoo_models():
+        return
+    if model.startswith("zoo:"):
+        fail(f"{option}: {model!r} is not a zoo model; the zoo has {', '.join(zoo_models())}")
+    if not (Path(model).expanduser() / "config.json").is_file():
+        fail(
+            f"{option}: {model!r} is neither a zoo model (zoo:{', zoo:'.join(zoo_models())}) nor a local "
+            "checkpoint directory with a config.json"
+        )
+
+
+def check_dir(path: Path, option: str, what: str = "directory") -> None:
+    """Refuse a path that is not an existing directory."""
+    if not path.expanduser().is_dir():
+        fail(f"{option}: {what} {path} does not exist")
