@@ -1,7 +1,8 @@
 """A site's private examples: its own JSONL/CSV/Parquet file, or its partition of an embedded task.
 
 node_config (set per SuperNode with `--node-config`, or by the simulation engine):
-- `data-path`: the site's training file; `eval-data-path`: its held-out file (optional).
+- `data-path`: the site's training file; `eval-data-path`: its held-out file (optional: without it,
+  a seeded 20% of `data-path` is held out for testing and the rest trains).
 - `partition-id` / `num-partitions`: which slice of the embedded task this node plays (simulation).
 The partitioning scheme comes from the run config (`partitioning`, `dirichlet-alpha`,
 `classes-per-partition`), so every node splits the task the same way.
@@ -10,9 +11,10 @@ The partitioning scheme comes from the run config (`partitioning`, `dirichlet-al
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
-from emulator.data import Example, load_examples, load_task, partition
+from emulator.data import Example, held_out_split, load_examples, load_task, partition, split_note
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,14 +33,31 @@ def _partitioned(task: str, split: str, pid: int, n: int, scheme: str, alpha: fl
     return _all_partitions(task, split, n, scheme, alpha, cpp, seed)[pid if n > 1 else 0]
 
 
+@functools.lru_cache(maxsize=8)
+def _held_out(path: str) -> tuple[list[Example], list[Example]]:
+    train, test = held_out_split(load_examples(Path(path).expanduser()))
+    # Said once per file and process, so a site's log shows which records it tests on.
+    logging.getLogger("offsite.client").info(split_note(path, len(train), len(test)))
+    return train, test
+
+
+def _own_split(path: str, split: str) -> list[Example]:
+    # Without an eval-data-path the site's file is split once, seeded: it never tests on its training records.
+    train, test = _held_out(path)
+    return train if split == "train" else test
+
+
 def local_examples(
     node_config: dict, run_config: dict, task: str, split: str, seed: int, limit: int = 0
 ) -> list[Example]:
     """This node's examples for `split` ('train' or 'test'); at most `limit` (0: all)."""
-    path_key = "data-path" if split == "train" else "eval-data-path"
-    path = node_config.get(path_key) or (node_config.get("data-path") if split != "train" else None)
-    if path:
-        examples = load_examples(Path(str(path)).expanduser())
+    data_path, eval_path = node_config.get("data-path"), node_config.get("eval-data-path")
+    if split != "train" and eval_path:
+        examples = load_examples(Path(str(eval_path)).expanduser())
+    elif data_path and eval_path:
+        examples = load_examples(Path(str(data_path)).expanduser())
+    elif data_path:
+        examples = _own_split(str(data_path), split)
     else:
         n = int(node_config.get("num-partitions", 1))
         pid = int(node_config.get("partition-id", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,11 +143,50 @@ def task_file(task: str, split: str) -> Path:
     )
 
 
+# A user's task: 'train.jsonl' (a seeded share held out as the test split) or 'train.jsonl::test.jsonl'.
+TEST_FILE_SEP = "::"
+TEST_SHARE = 0.2
+SPLIT_SEED = 0
+
+
+def held_out_split(
+    examples: list[Example], share: float = TEST_SHARE, seed: int = SPLIT_SEED
+) -> tuple[list[Example], list[Example]]:
+    """(train, test): a seeded random `share` of the examples held out for testing, the rest to train."""
+    if len(examples) < 2:
+        raise DataError(f"{len(examples)} record(s) cannot be split into train and test; give a test file")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_test = min(len(examples) - 1, max(1, round(share * len(examples))))
+    test = set(order[:n_test])
+    return [e for i, e in enumerate(examples) if i not in test], [examples[i] for i in sorted(test)]
+
+
+def split_note(path: str | Path, n_train: int, n_test: int) -> str:
+    """The sentence that says which records of a user's file are held out."""
+    return (
+        f"{path}: testing on a held-out {n_test} of its {n_train + n_test} records "
+        f"(a random {TEST_SHARE:.0%}, seed {SPLIT_SEED}), training on the other {n_train}"
+    )
+
+
+def is_user_task(task: str) -> bool:
+    """Whether `task` names the user's data file(s) rather than an embedded task."""
+    return Path(task.partition(TEST_FILE_SEP)[0]).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet")
+
+
 def load_task(task: str, split: str) -> list[Example]:
-    """Examples of an embedded task split, or of a user file when `task` is a path."""
-    if Path(task).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
-        return load_examples(task)
-    return load_examples(task_file(task, split))
+    """Examples of an embedded task split, or of a user's file (see TEST_FILE_SEP) when `task` is a path.
+
+    A user's file without its own test file is split once, seeded: train and test never share a record.
+    """
+    if not is_user_task(task):
+        return load_examples(task_file(task, split))
+    train_path, _, test_path = task.partition(TEST_FILE_SEP)
+    if test_path:
+        return load_examples(train_path if split == "train" else test_path)
+    train, test = held_out_split(load_examples(train_path))
+    return train if split == "train" else test
 
 
 def to_dataset(examples: list[Example]) -> Dataset:

@@ -22,7 +22,7 @@ def _load_control(path: Path):
     if manifest.exists() and (path / "adapter.safetensors").exists():
         from transformers import AutoTokenizer
 
-        from coordinator.federation.loop import load_adapter
+        from coordinator.federation.run import load_adapter
 
         meta = json.loads(manifest.read_text())
         if meta.get("method") != CONTROL_METHOD:

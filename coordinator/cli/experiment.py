@@ -8,45 +8,112 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from coordinator.cli.checks import check_model, check_task, is_data_file
 from coordinator.cli.common import console, fail, progress
+
+# The emulator methods of emulator.derive.METHODS, copied so a bad --variants fails before torch loads
+# (tests/cli checks that the two agree).
+METHODS = ("uniform", "crash", "full")
+TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP
+
+
+def parse_variants(text: str) -> list[str]:
+    """The --variants list, each METHOD or METHOD+distill; exits with the allowed list otherwise."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    allowed = ", ".join(f"{m}, {m}+distill" for m in METHODS)
+    if not variants:
+        fail(f"--variants is empty; choose from {allowed}")
+    for v in variants:
+        method, plus, extra = v.partition("+")
+        if method not in METHODS or (plus and extra != "distill"):
+            fail(f"--variants: unknown variant {v!r}; choose from {allowed}")
+    if len(set(variants)) < len(variants):
+        fail(f"--variants lists a variant twice: {text!r}")
+    return variants
 
 
 def experiment(
     task: Annotated[
-        str, typer.Option(help="Embedded task name or a JSONL/CSV/Parquet file.")
+        str, typer.Option(help="Embedded task name (wn-category, wn-pos) or a JSONL/CSV/Parquet file.")
     ] = "wn-category",
+    test_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Test examples for a --task file (default: a seeded 20% of that file is held out)."
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="zoo:NAME or a local checkpoint directory.")] = "zoo:base",
     variants: Annotated[
-        str, typer.Option(help="Comma-separated: uniform, crash, crash+distill.")
+        str,
+        typer.Option(
+            help=f"Comma-separated emulator recipes: {', '.join(METHODS)}, each optionally +distill "
+            "(e.g. crash+distill)."
+        ),
     ] = "uniform,crash,crash+distill",
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0..n-1).")] = 3,
-    steps: Annotated[int, typer.Option(help="Tuning steps per stage.")] = 100,
-    first: Annotated[int, typer.Option(help="Adapter blocks at the bottom.")] = 2,
-    last: Annotated[int, typer.Option(help="Adapter blocks at the top.")] = 2,
-    keep: Annotated[int, typer.Option(help="Middle blocks/clusters kept in the emulator.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..n-1).")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Tuning steps per stage.")] = 100,
+    first: Annotated[int, typer.Option(min=0, help="Adapter blocks at the bottom.")] = 2,
+    last: Annotated[int, typer.Option(min=0, help="Adapter blocks at the top.")] = 2,
+    keep: Annotated[int, typer.Option(min=1, help="Middle blocks/clusters kept in the emulator.")] = 3,
     lora_rank: Annotated[
-        int, typer.Option(help="Tune LoRA of this rank on the adapter (0: whole blocks).")
+        int, typer.Option(min=0, help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,
-    distill_steps: Annotated[int, typer.Option(help="Distillation steps for +distill variants.")] = 200,
-    n_test: Annotated[int, typer.Option(help="Test examples to score.")] = 300,
+    distill_steps: Annotated[
+        int, typer.Option(min=0, help="Distillation steps for +distill variants.")
+    ] = 200,
+    n_test: Annotated[int, typer.Option(min=1, help="Test examples to score (at most).")] = 300,
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("runs/experiment.json"),
 ) -> None:
-    """Run the centralised five-number experiment and print the DESIGN §6 table."""
-    from coordinator.experiment import COLUMNS, ExperimentConfig, format_table, run_experiment, save_report
+    """Run the centralised five-number experiment and print its table (see docs/architecture.md).
 
-    cfg = ExperimentConfig(
-        model=model,
-        task=task,
-        variants=[v.strip() for v in variants.split(",") if v.strip()],
-        seeds=list(range(seeds)),
-        steps=steps,
-        first=first,
-        last=last,
-        keep=keep,
-        lora_rank=lora_rank,
-        n_test=n_test,
-        distill_steps=distill_steps,
+    The defaults (3 variants, 3 seeds, zoo:base) take about 70 minutes on 2 CPU cores;
+    --variants crash --seeds 1 takes about 8.
+    """
+    names = parse_variants(variants)
+    check_task(task)
+    check_model(model)
+    if first + last < 1:
+        fail("--first and --last are both 0: the emulator needs at least one adapter block to tune")
+    if test_file is not None:
+        if not is_data_file(task):
+            fail("--test-file goes with a --task data file; embedded tasks have their own test split")
+        check_task(str(test_file), "--test-file")
+    task_spec = f"{task}{TEST_FILE_SEP}{test_file}" if test_file is not None else task
+
+    from coordinator.experiment import ExperimentConfig, run_experiment, save_report
+    from emulator.data import DataError
+
+    if is_data_file(task):
+        _say_split(task, test_file)
+    cfg = ExperimentConfig(model=model, task=task_spec, variants=names, seeds=list(range(seeds)), steps=steps,
+                           first=first, last=last, keep=keep, lora_rank=lora_rank, n_test=n_test,
+                           distill_steps=distill_steps)  # fmt: skip
+    try:
+        report = _run(cfg, run_experiment)
+    except (FileNotFoundError, ValueError, DataError) as exc:
+        fail(str(exc))
+    print_results(report, task, model, seeds)
+    console.print(
+        f"Total {report['total_seconds']:.0f} s, peak RSS {report['peak_mem_mb']:.0f} MiB. "
+        f"Report: {save_report(report, out)}",
+        highlight=False,
     )
+
+
+def _say_split(task: str, test_file: Path | None) -> None:
+    from emulator.data import held_out_split, load_examples, split_note
+
+    try:
+        if test_file is not None:
+            console.print(f"Training on {task}, testing on {test_file}", highlight=False)
+            return
+        train, test = held_out_split(load_examples(task))
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(split_note(task, len(train), len(test)) + "; --test-file chooses the test set", highlight=False)
+
+
+def _run(cfg, run_experiment) -> dict:
     n_variants = len(cfg.variants)
     with progress() as bar:
         # Per seed: 2 full fine-tunes + their evals, then per variant a tune and 3 evals (+ distillation).
@@ -62,25 +129,52 @@ def experiment(
             unit = "examples scored" if stage.endswith("eval") else "steps"
             bar.update(step_job, completed=done, total=total, info=f"{stage}: {unit}")
 
-        try:
-            report = run_experiment(cfg, progress=cb, log=lambda m: bar.console.print(m), steps=step_cb)
-        except (FileNotFoundError, ValueError) as exc:
-            fail(str(exc))
-    table = Table(title=f"{task} on {model} — accuracy % (mean ± std over {seeds} seeds)")
+        return run_experiment(cfg, progress=cb, log=lambda m: bar.console.print(m, highlight=False),
+                              steps=step_cb)  # fmt: skip
+
+
+def _cell(stat: dict, spread: bool) -> str:
+    return f"{stat['mean']:.1f}±{stat['std']:.1f}" if spread else f"{stat['mean']:.1f}"
+
+
+def print_results(report: dict, task: str, model: str, seeds: int) -> None:
+    """The table (no ± with one seed), a footnote for '-' cells, and each variant's recovery line."""
+    from coordinator.experiment import COLUMNS
+
+    spread = seeds > 1
+    n_test = report.get("n_test")
+    what = f"accuracy % on {n_test} test examples" if n_test else "accuracy %"
+    how = f"mean ± std over {seeds} seeds" if spread else "one seed"
+    table = Table(title=f"{task} on {model} — {what} ({how})")
     for col in ["emulator", *COLUMNS, "CPL ratio"]:
-        table.add_column(col)
-    for row in format_table(report):
-        table.add_row(*row)
-    console.print(table)
+        # Never cut a cell to 'emulat…': fold long ones instead.
+        table.add_column(col, overflow="fold")
+    missing = False
     for name, row in report["table"].items():
-        c = row["checks"]
-        console.print(
-            f"{name}: plug-in − emulator FT = {c['plugin_minus_emulator_ft']:+.1f} pts; plug-in − full "
-            f"zero-shot = {c['plugin_minus_full_zero_shot']:+.1f} pts; recovers "
-            f"{100 * (c['recovered_share_of_adapter_ft_gain'] or 0):.0f}% of the adapter-FT gain, "
-            f"{100 * (c['recovered_share_of_all_params_ft_gain'] or 0):.0f}% of all-params FT gain"
-        )
-    console.print(
-        f"Total {report['total_seconds']:.0f} s, peak RSS {report['peak_mem_mb']:.0f} MiB. "
-        f"Report: {save_report(report, out)}"
+        ratio = row["checks"]["cpl_ratio"]
+        missing |= ratio is None
+        table.add_row(name, *(_cell(row[c], spread) for c in COLUMNS), f"{ratio:.2f}" if ratio is not None
+                      else "-¹")  # fmt: skip
+    console.print(table)
+    console.print("CPL ratio: emulator zero-shot / full zero-shot.", highlight=False)
+    if missing:
+        console.print("¹ no ratio: the full model scores 0 zero-shot.", highlight=False)
+    for name, row in report["table"].items():
+        console.print(recovery_line(name, row), highlight=False)
+
+
+def _share(share: float | None, gain: float, of: str) -> str:
+    if share is None or gain <= 0:
+        return f"no {of} gain to recover (full {of} {gain:+.1f} pts over zero-shot)"
+    return f"recovers {100 * share:.0f}% of the {of} gain"
+
+
+def recovery_line(name: str, row: dict) -> str:
+    """One variant's checks in words: plug-in against emulator FT and zero-shot, and the recovered gain."""
+    c, zs = row["checks"], row["full zero-shot"]["mean"]
+    return (
+        f"{name}: plug-in − emulator FT = {c['plugin_minus_emulator_ft']:+.1f} pts; plug-in − full "
+        f"zero-shot = {c['plugin_minus_full_zero_shot']:+.1f} pts; "
+        f"{_share(c['recovered_share_of_adapter_ft_gain'], row['full FT (adapter)']['mean'] - zs, 'adapter-FT')}, "
+        f"{_share(c['recovered_share_of_all_params_ft_gain'], row['full FT (all)']['mean'] - zs, 'all-params FT')}"
     )

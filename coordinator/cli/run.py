@@ -54,7 +54,7 @@ def run_federated(
     _check_inputs(cfg)
 
     from coordinator.cli.simulation import builtin_app_dir, simulate
-    from coordinator.federation.loop import run_dir_for
+    from coordinator.federation.run import run_dir_for
 
     # Pin the run directory so the report can be found afterwards (absolute: Flower may change cwd).
     run_dir = run_dir_for(cfg)

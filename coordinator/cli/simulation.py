@@ -28,6 +28,10 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
+# Ray warns on every run that it will stop overriding CUDA_VISIBLE_DEVICES when num_gpus=0; opting in
+# to that future behaviour now is what the sites want anyway (they reserve no GPU) and ends the warning.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
 COMPONENTS = {"serverapp": "coordinator.server_app:app", "clientapp": "client.client_app:app"}
 
 
