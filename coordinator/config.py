@@ -7,6 +7,7 @@ which passes none) still runs the embedded default.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,9 @@ class FederationConfig:
     # operations: run store URL ('': SQLite out-dir/offsite.db, 'none': off), Prometheus port (0: off)
     store_url: str = ""
     metrics_port: int = 0
+    # compute: device auto | cpu | cuda | cuda:N, precision fp32 | bf16 | fp16 (a site's node-config wins)
+    device: str = "cpu"
+    precision: str = "fp32"
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -174,6 +178,10 @@ class FederationConfig:
         for name in ("round_timeout", "query_timeout", "node_timeout", "lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics-port must be in 0..65535 (0: off); got {self.metrics_port}")
         if self.store_url and self.store_url.lower() != "none":
