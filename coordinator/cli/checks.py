@@ -7,6 +7,8 @@ from pathlib import Path
 
 from coordinator.cli.common import fail
 
+# emulator.derive.METHODS, copied so a bad method fails before torch loads (tests/cli checks they agree).
+EMULATOR_METHODS = ("uniform", "crash", "full")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 

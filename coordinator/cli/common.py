@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -24,26 +25,46 @@ PLAIN_EVERY_S = 5.0
 
 
 class PlainProgress:
-    """Progress as plain log lines ('stage: 12/100 steps, 34 s') every few seconds, for logs and pipes."""
+    """Progress as plain log lines ('stage: 12/100 steps, 34 s') every few seconds, for logs and pipes.
+
+    A background thread prints them, so a long step that reports nothing (one model call) still shows
+    it is alive.
+    """
 
     def __init__(self, out: Console, every_s: float = PLAIN_EVERY_S) -> None:
         self.console = out
         self.every_s = every_s
         self._tasks: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
 
     def __enter__(self) -> PlainProgress:
+        self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        for task_id in self._tasks:
-            self._emit(task_id, final=True)
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            for task_id in self._tasks:
+                self._emit(task_id, final=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(1.0, self.every_s)):
+            with self._lock:
+                now = time.monotonic()
+                for task_id, task in self._tasks.items():
+                    if now - task["last"] >= self.every_s:
+                        self._emit(task_id)
 
     def add_task(self, description: str, total: float | None = 1, **fields: Any) -> int:
         """Start following a task; returns its id."""
         now = time.monotonic()
-        task_id = len(self._tasks)
-        self._tasks[task_id] = {"description": description, "total": total, "completed": 0.0,
-                                "fields": dict(fields), "start": now, "last": now, "shown": None}  # fmt: skip
+        with self._lock:
+            task_id = len(self._tasks)
+            self._tasks[task_id] = {"description": description, "total": total, "completed": 0.0,
+                                    "fields": dict(fields), "start": now, "last": now, "shown": None}  # fmt: skip
         return task_id
 
     def update(
@@ -55,17 +76,16 @@ class PlainProgress:
         total: float | None = None,
         **fields: Any,
     ) -> None:
-        """Change a task; a line is printed when `every_s` passed since its last one."""
-        task = self._tasks[task_id]
-        if total is not None and total != task["total"]:
-            task["total"] = total
-        if completed is not None:
-            task["completed"] = completed
-        if advance:
-            task["completed"] += advance
-        task["fields"].update(fields)
-        if time.monotonic() - task["last"] >= self.every_s:
-            self._emit(task_id)
+        """Change a task; the thread prints it within `every_s`."""
+        with self._lock:
+            task = self._tasks[task_id]
+            if total is not None:
+                task["total"] = total
+            if completed is not None:
+                task["completed"] = completed
+            if advance:
+                task["completed"] += advance
+            task["fields"].update(fields)
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         """Advance a task by `advance` units."""

@@ -73,10 +73,12 @@ def generate(
     ] = None,
     anti: Annotated[str, typer.Option(help="Anti-expert (the untuned small model).")] = "zoo:small",
     alpha: Annotated[float, typer.Option(help="Strength of the control shift / expert difference.")] = 1.0,
-    max_new_tokens: int = 16,
-    temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 16,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 0.0,
+    top_p: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling: keep the top tokens of this mass.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed of the sampling (temperature > 0).")] = 0,
 ) -> None:
     """Decode with a ported control model (--control) or proxy-tuning (--proxy), or the model alone."""
     from emulator.zoo import load_model

@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.checks import check_model, check_task, is_data_file
+from coordinator.cli.checks import EMULATOR_METHODS, check_model, check_task, is_data_file
 from coordinator.cli.common import console, fail, progress
 
-# The emulator methods of emulator.derive.METHODS, copied so a bad --variants fails before torch loads
-# (tests/cli checks that the two agree).
-METHODS = ("uniform", "crash", "full")
+METHODS = EMULATOR_METHODS
 TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP
 
 

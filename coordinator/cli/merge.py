@@ -11,11 +11,16 @@ from coordinator.cli.common import console, fail, progress
 
 
 def merge_adapters(
-    config: Annotated[Path, typer.Argument(help="YAML merge config (mergekit-like); see docs/merging.md.")],
+    config: Annotated[
+        Path, typer.Argument(help="YAML merge config (mergekit-like); see docs/merging.md.", metavar="CONFIG")
+    ],
     out: Annotated[Path, typer.Option(help="Directory for the merged Hugging Face checkpoint.")],
-    eval_size: Annotated[int, typer.Option(help="Test examples per task to score (0 = all).")] = 300,
+    eval_size: Annotated[int, typer.Option(min=0, help="Test examples per task to score (0 = all).")] = 300,
 ) -> None:
-    """Merge adapters from several runs or tasks into one model (TIES, DARE-TIES, task arithmetic...)."""
+    """Merge adapters from several runs or tasks into one model (TIES, DARE-TIES, task arithmetic...).
+
+    CONFIG is the YAML merge config (base model, sources, method, tasks to evaluate); see docs/merging.md.
+    """
     from coordinator.aggregation.merge import MergeConfigError, load_spec, merge, save_merge_report
     from emulator.data import DataError, load_task
     from emulator.evaluate import accuracy

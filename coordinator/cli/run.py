@@ -105,15 +105,23 @@ def print_summary(report: dict, report_path: Path, n_eval: int | None) -> None:
     console.print(table)
     if missing:
         console.print("¹ not measured: the centralised reference runs with -c full-ft-steps=300 (or more).")
-    b = report["bytes"]
-    if b["down_per_client_with_standin"]:
-        standin = f"down {b['down_per_client_with_standin']:,.0f} B per site in the round that sent the stand-in"
-    else:
-        standin = f"the stand-in ({b.get('standin_bytes') or 0:,.0f} B) was not sent: every site had it cached"
-    console.print(
-        f"Bytes per site per round: {standin}; down {b['down_per_client_without_standin'] or 0:,.0f} B "
-        f"in the other rounds; up {b['up_per_client'] or 0:,.0f} B. "
-        f"Mean round {report['timing']['round_wall_mean_s'] or 0:.1f} s.",
-        highlight=False,
-    )
+    console.print(bytes_line(report), highlight=False)
+    failed = sum(c["status"] != "ok" for h in report.get("rounds", []) for c in h["clients"])
+    if failed:
+        console.print(f"[yellow]Warning:[/yellow] {failed} site update(s) failed; see the run's server.log")
     console.print(f"Report: {report_path}", highlight=False)
+
+
+def bytes_line(report: dict) -> str:
+    """What each site downloaded and uploaded per round, in bytes, with or without the stand-in."""
+    b = report["bytes"]
+    parts = []
+    if b["down_per_client_with_standin"]:
+        parts.append(f"down {b['down_per_client_with_standin']:,.0f} B in the round that sent the stand-in")
+    else:
+        parts.append(f"the stand-in ({b.get('standin_bytes') or 0:,.0f} B) was not sent: the sites had it cached")
+    if b["down_per_client_without_standin"] is not None:
+        parts.append(f"down {b['down_per_client_without_standin']:,.0f} B in the other rounds")
+    parts.append(f"up {b['up_per_client']:,.0f} B" if b["up_per_client"] else "no upload (no site sent an update)")
+    mean = report["timing"]["round_wall_mean_s"]
+    return "Per site and round: " + "; ".join(parts) + (f". Mean round {mean:.1f} s." if mean else ".")

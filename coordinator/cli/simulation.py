@@ -87,6 +87,10 @@ def simulate(
         state=RecordDict(),
         run_config=get_fused_config_from_dir(app_dir, run.override_config),
     )
+    # Ray workers import flwr after this point, the driver has already: WARNING and below are then
+    # silenced in the workers only, where flwr's one warning is "Manually terminating ClientAppActor"
+    # at every shutdown (a site's failure still reaches the driver as an exception and is logged there).
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     result = _run_simulation(
         num_supernodes=num_supernodes,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

@@ -20,7 +20,7 @@ FIVE = ("full zero-shot", "emulator zero-shot", "emulator FT", "plug-in", "full 
 
 
 def five_numbers(run: dict, rounds: list[dict]) -> dict:
-    """The DESIGN §6 numbers as known so far: baselines, the last round's plug-in/emulator FT, report."""
+    """The five numbers (docs/architecture.md, evaluation protocol) as known so far: baselines, the last round's plug-in/emulator FT, report."""
     report = run.get("report") or {}
     if report.get("five_numbers"):
         five = dict(report["five_numbers"])
