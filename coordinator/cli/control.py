@@ -12,24 +12,43 @@ from rich.table import Table
 from coordinator.cli.common import console, fail
 
 
+def control_kind(path: Path) -> str:
+    """'run' (a finished standin=control run), 'model' (a control model directory); exits otherwise.
+
+    Reads only JSON, so a wrong directory is refused before torch loads.
+    """
+    manifest = path / "standin" / "manifest.json"
+    if manifest.is_file():
+        # Checked first: a run directory also holds a config.json (its run config).
+        method = json.loads(manifest.read_text()).get("method")
+        if method != "control":  # emulator.control.model.CONTROL_METHOD
+            fail(
+                f"--control: {path} is a run with an emulator stand-in ({method}), not a control run; "
+                "give a control model directory or a run made with -c standin=\"control\""
+            )
+        if not (path / "adapter.safetensors").is_file():
+            fail(f"--control: {path} is a control run that has not finished (no adapter.safetensors yet)")
+        return "run"
+    config = path / "config.json"
+    if config.is_file() and "model_type" in json.loads(config.read_text()):
+        return "model"
+    fail(f"--control: {path} is neither a control model directory nor a finished standin=control run")
+    return ""
+
+
 def _load_control(path: Path):
     """(control model, tokenizer) from a control directory or a finished `standin=control` run directory."""
-    from emulator.control.model import CONTROL_METHOD, control_from_state, load_control
+    from emulator.control.model import control_from_state, load_control
 
-    if (path / "config.json").exists():
+    if control_kind(path) == "model":
         return load_control(path)
-    manifest = path / "standin" / "manifest.json"
-    if manifest.exists() and (path / "adapter.safetensors").exists():
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        from coordinator.federation.run import load_adapter
+    from coordinator.federation.loop import load_adapter
 
-        meta = json.loads(manifest.read_text())
-        if meta.get("method") != CONTROL_METHOD:
-            raise ValueError(f"{path} is a run with an emulator stand-in, not a control model")
-        tok = AutoTokenizer.from_pretrained(path / "standin", local_files_only=True)
-        return control_from_state(meta["options"]["control_config"], load_adapter(path)), tok
-    raise FileNotFoundError(f"{path} is neither a control model directory nor a finished control run")
+    meta = json.loads((path / "standin" / "manifest.json").read_text())
+    tok = AutoTokenizer.from_pretrained(path / "standin", local_files_only=True)
+    return control_from_state(meta["options"]["control_config"], load_adapter(path)), tok
 
 
 def port(
@@ -40,6 +59,10 @@ def port(
     out: Annotated[Path, typer.Option(help="Where to write control/ and token_map.safetensors.")],
 ) -> None:
     """Map a control model onto a target's vocabulary (PM-MinED) and save both, with coverage statistics."""
+    from coordinator.cli.checks import check_model
+
+    control_kind(control)
+    check_model(target, "--target")
     from emulator.control.model import save_control
     from emulator.control.token_map import map_tokenizers
     from emulator.zoo import load_model

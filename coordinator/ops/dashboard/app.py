@@ -2,15 +2,17 @@
 
 `/` lists runs; `/runs/{id}` shows one run (clients per round, accuracy/loss curves, bytes, ε,
 the five-number table) and polls `/api/runs/{id}` every two seconds while the run goes on.
-Charts are drawn by uPlot, served from the package (`static/`), so nothing comes from a CDN.
+Charts are drawn by uPlot, served from the package (`static/`), so nothing comes from a CDN; the API's
+page `/api/docs` is a plain list drawn from the OpenAPI schema (FastAPI's Swagger UI would load a CDN).
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from coordinator.ops.runstore.store import RunStore, public_url
@@ -20,7 +22,7 @@ FIVE = ("full zero-shot", "emulator zero-shot", "emulator FT", "plug-in", "full 
 
 
 def five_numbers(run: dict, rounds: list[dict]) -> dict:
-    """The five numbers (docs/architecture.md, evaluation protocol) as known so far: baselines, the last round's plug-in/emulator FT, report."""
+    """The five numbers (docs/architecture.md, evaluation protocol) known so far: baselines, last round, report."""
     report = run.get("report") or {}
     if report.get("five_numbers"):
         five = dict(report["five_numbers"])
@@ -73,10 +75,37 @@ def run_detail(store: RunStore, run_id: int) -> dict | None:
     }
 
 
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="/static/dashboard.css"></head><body>
+<header><a class="brand" href="/">Offsite</a><span class="sub">{title}</span></header>
+<main><section class="card wide">{body}</section></main></body></html>"""
+
+
+def not_found_page(run_id: int) -> str:
+    """The HTML page for a run id the store does not have."""
+    body = f'<h2>No run {run_id}</h2><p>The run store has no run with this id. <a href="/">All runs</a></p>'
+    return _PAGE.format(title="run not found", body=body)
+
+
+def api_docs_page(schema: dict) -> str:
+    """The JSON API's endpoints and their summaries, as one offline HTML page."""
+    rows = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            text = html.escape(op.get("description") or op.get("summary") or "")
+            rows.append(f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td><td>{text}</td></tr>")
+    body = (
+        '<h2>JSON API</h2><table class="grid"><thead><tr><th>method</th><th>path</th><th>returns</th></tr>'
+        f'</thead><tbody>{"".join(rows)}</tbody></table>'
+        '<p class="small">The full schema: <a href="/api/openapi.json">/api/openapi.json</a></p>'
+    )
+    return _PAGE.format(title="API", body=body)
+
+
 def create_app(store_url: str) -> FastAPI:
     """The dashboard app reading the run store at `store_url`."""
     store = RunStore(store_url)
-    app = FastAPI(title="Offsite dashboard", docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="Offsite dashboard", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -84,11 +113,15 @@ def create_app(store_url: str) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/runs/{run_id}", include_in_schema=False)
-    def run_page(run_id: int) -> FileResponse:
+    @app.get("/runs/{run_id}", include_in_schema=False, response_model=None)
+    def run_page(run_id: int) -> FileResponse | HTMLResponse:
         if store.get_run(run_id) is None:
-            raise HTTPException(404, f"no run {run_id}")
+            return HTMLResponse(not_found_page(run_id), status_code=404)
         return FileResponse(STATIC / "run.html")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_page(app.openapi()))
 
     @app.get("/api/runs")
     def api_runs() -> dict:

@@ -84,6 +84,15 @@ const Offsite = (() => {
       const active = run.active_round ? ` · round ${run.active_round} under way` : "";
       $("progress").textContent = `round ${run.current_round}/${run.rounds_planned}${active}`;
 
+      // A failed or stopped run says why at the top, not only in the event list at the bottom.
+      const ended = run.status === "failed" || run.status === "stopped";
+      $("failure").hidden = !ended;
+      if (ended) {
+        $("failure-title").textContent = run.status === "failed" ? "Run failed" : "Run stopped";
+        const lastEvent = d.events.length ? d.events[0].message : "";
+        $("failure-reason").textContent = run.error || lastEvent || "no reason was recorded";
+      }
+
       const f = d.five_numbers;
       $("five").innerHTML = Object.entries(f).map(([k, v]) =>
         `<tr><td>${esc(k)}</td><td data-key="${esc(k)}">${fmt(v)}</td></tr>`).join("");
@@ -141,7 +150,7 @@ const Offsite = (() => {
         const c = byKey.get(`${r}/${n}`);
         if (c) {
           const tip = `round ${r}, node ${n}: ${c.status}${c.reason ? " (" + c.reason + ")" : ""}; down ${mb(c.bytes_down)} MB${c.standin_sent ? " incl. stand-in" : ""}, up ${mb(c.bytes_up)} MB; examples ${c.num_examples ?? "–"}, loss ${fmt(c.loss, 3)}, ${fmt(c.train_s)} s, peak ${fmt(c.peak_mem_mb, 0)} MiB`;
-          return `<td><div class="cell ${esc(c.status)}" title="${esc(tip)}">${c.status === "ok" ? fmt(c.loss, 2) : esc(c.status.slice(0, 4))}</div></td>`;
+          return `<td><div class="cell ${esc(c.status)}" title="${esc(tip)}" aria-label="training loss">${c.status === "ok" ? fmt(c.loss, 2) : esc(c.status.slice(0, 4))}</div></td>`;
         }
         if (r === run.active_round && activeNodes.includes(n)) return `<td><div class="cell training" title="round ${r}, node ${esc(n)}: training">…</div></td>`;
         return `<td><div class="cell none" title="not sampled"></div></td>`;
