@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.client_app import app as client_app  # noqa: E402
 from coordinator.config import FederationConfig  # noqa: E402
-from coordinator.federation.loop import load_adapter, run_federation  # noqa: E402
 from coordinator.federation.inprocess_grid import InProcessGrid  # noqa: E402
+from coordinator.federation.loop import run_federation  # noqa: E402
+from coordinator.federation.run import load_adapter
 from emulator.control.model import control_from_state  # noqa: E402
 from emulator.control.port import controlled_accuracy  # noqa: E402
 from emulator.control.token_map import map_tokenizers  # noqa: E402

@@ -72,8 +72,8 @@ def run_inprocess(overrides: dict, n_sites: int, work: Path, name: str) -> dict:
     """Run the federation through an in-process Flower Grid (clients run one after another); the report."""
     from client.client_app import app as client_app
     from coordinator.config import FederationConfig
-    from coordinator.federation.loop import run_federation
     from coordinator.federation.inprocess_grid import InProcessGrid
+    from coordinator.federation.loop import run_federation
 
     logging.getLogger("offsite").setLevel(logging.INFO)  # round lines in the run's server.log
     cfg = FederationConfig.from_run_config({**overrides, "out-dir": str(work / "runs"), "run-name": name})

@@ -23,7 +23,14 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.aggregation.merge import MergeSource, MergeSpec, apply_vector, merge_vectors, read_adapter, task_vector  # noqa: E402
+from coordinator.aggregation.merge import (  # noqa: E402
+    MergeSource,
+    MergeSpec,
+    apply_vector,
+    merge_vectors,
+    read_adapter,
+    task_vector,
+)
 from emulator.data import load_task  # noqa: E402
 from emulator.evaluate import accuracy  # noqa: E402
 from emulator.zoo import load_model  # noqa: E402

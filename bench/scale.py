@@ -47,8 +47,8 @@ def round_spans(server_log: Path) -> dict[int, tuple[float, float]]:
 
 def run(supernodes: int, per_round: int, rounds: int, work: Path) -> dict:
     """Run the simulation under an RSS/PSS sampler; return per-round time and memory."""
-    from coordinator.federation.checkpoint import load_latest
     from coordinator.cli.simulation import simulate
+    from coordinator.federation.checkpoint import load_latest
 
     os.environ["OFFSITE_CACHE_DIR"] = str(
         work / "cache"

@@ -40,12 +40,8 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         _plain_logging()
         cfg = check_server_run_config({**dict(context.run_config), **(overrides or {})})
-        if cfg.secure_aggregation:  # SecAgg+ lives on Flower's legacy workflow path (coordinator.federation.secagg)
-            from coordinator.federation.secagg import run_secure
-
-            run_secure(grid, context, cfg)
-            return
-        run_federation(grid, cfg)
+        # SecAgg+ rounds run on Flower's legacy workflow, which needs the ServerApp's context.
+        run_federation(grid, cfg, context=context)
 
     return server_app
 

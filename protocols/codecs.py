@@ -30,7 +30,7 @@ from protocols.schema import PROTOCOL_VERSION, ProtocolError
 from protocols.seeds import dare_mask
 from protocols.tensors import array_record_to_state_dict, state_dict_to_array_record
 
-# DARE's rescaling is only harmless while deltas stay small (DARE paper; DESIGN.md section 3).
+# DARE's rescaling is only harmless while deltas stay small (DARE paper; docs/architecture.md#aggregation-and-dare).
 DARE_SAFE_MAX_ABS = 0.005
 
 # Metadata keys (ConfigRecord keys of the "update-meta" record).

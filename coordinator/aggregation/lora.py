@@ -1,4 +1,4 @@
-"""Exact LoRA aggregation in product space, and FFA-LoRA (DESIGN §3, "Aggregation and compression").
+"""Exact LoRA aggregation in product space, and FFA-LoRA (docs/architecture.md#aggregation-and-dare).
 
 A LoRA module adds ΔW = s·B·A to a frozen weight, with A: (r, in), B: (out, r) and s = alpha/r.
 Averaging A and B separately gives mean(B)·mean(A), which is not mean(B·A): the cross terms

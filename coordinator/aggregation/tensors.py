@@ -1,4 +1,4 @@
-"""Plain-tensor aggregation of client deltas: FedAvg, task arithmetic, TIES, DARE (DESIGN §3).
+"""Plain-tensor aggregation of client deltas: FedAvg, task arithmetic, TIES, DARE (docs/architecture.md#aggregation-and-dare).
 
 Every aggregator takes a list of client deltas (``dict[str, Tensor]``, the same names and shapes
 for every client) and one weight per client (its example count; any non-negative numbers, they are

@@ -1,4 +1,4 @@
-"""The centralised five-number experiment (DESIGN §6) for one task, model and emulator variants.
+"""The centralised five-number experiment (docs/architecture.md#evaluation-protocol) for one task, model and emulator variants.
 
 For each seed: full zero-shot, emulator zero-shot, emulator fine-tuned, plug-in, and full
 fine-tuning (adapter blocks only, and all parameters). Figures are task accuracy in percent.
@@ -23,6 +23,7 @@ from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
 from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
+from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
 
@@ -103,6 +104,90 @@ def _spread(values: list[float]) -> dict:
     }
 
 
+class _Runner:
+    """One experiment's state: the model, data, emulators, figures and timings, stage by stage."""
+
+    def __init__(self, cfg: ExperimentConfig, progress: Progress | None, log, steps: Progress | None):
+        self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps
+        self.full, self.tok = load_model(cfg.model)
+        self.train = load_task(cfg.task, "train")[: cfg.n_train]
+        self.test = load_task(cfg.task, "test")[: cfg.n_test]
+        n_blocks = len(get_blocks(self.full))
+        self.adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
+        self.calib = text_rows(self.tok, public_texts(cfg.calibration_texts))
+        self.variants = [Variant.parse(v) for v in cfg.variants]
+        self.timings: dict[str, list[float]] = {}
+        self.results: dict[str, dict[str, list[float]]] = {v.name: {} for v in self.variants} | {"full": {}}
+        self.stage = "setup"
+        self.emulators: dict[str, object] = {}
+
+    def step(self, done: int, total: int, *_: object) -> None:
+        """Progress inside the current stage (training steps or scored examples)."""
+        if self.steps:
+            self.steps(self.stage, done, total)
+
+    def timed(self, stage: str, fn):
+        """Run one stage, keep its wall time, report it done."""
+        self.stage = stage
+        t = time.perf_counter()
+        out = fn()
+        self.timings.setdefault(stage, []).append(time.perf_counter() - t)
+        if self.progress:
+            self.progress(stage, 1, 1)
+        return out
+
+    def score(self, group: str, key: str, model: nn.Module) -> None:
+        """Accuracy (%) of `model` on the test set, kept under results[group][key]."""
+        value = self.timed("eval", lambda: accuracy(model, self.tok, self.test, progress=self.step))
+        self.results[group].setdefault(key, []).append(value)
+
+    def tune(self, stage: str, model: nn.Module, params, seed: int, lr: float) -> None:
+        """Tune `params` of `model` for the configured steps."""
+        self.timed(
+            stage, lambda: _tune_whole(model, self.tok, self.train, params, self.cfg, seed, lr, self.step)
+        )
+
+    def derive(self, method: str):
+        """An emulator of the full model by `method`, with the run's adapter and middle sizes."""
+        options = EmulatorOptions(method, self.cfg.first, self.cfg.last, self.cfg.keep)
+        return derive_emulator(self.full, options, calibration=self.calib, tokenizer=self.tok)
+
+    def references(self, seed: int, full_zs: float) -> None:
+        """The full-model figures of one seed: zero-shot, FT of the adapter blocks, FT of everything."""
+        self.results["full"].setdefault("full zero-shot", []).append(full_zs)
+        for name, blocks, lr in (("full FT (adapter)", self.adapter_blocks, self.cfg.lr),
+                                 ("full FT (all)", None, self.cfg.full_lr)):  # fmt: skip
+            ref, params = trainable_copy(self.full, blocks)
+            self.tune(name, ref, params, seed, lr)
+            self.score("full", name, ref)
+            del ref
+
+    def variant(self, seed: int, v: Variant) -> None:
+        """Emulator zero-shot, emulator FT and plug-in of one variant and seed."""
+        if v.distill:
+            emu = copy.deepcopy(self.emulators.get(Variant(v.method).name) or self.derive(v.method))
+            self.timed(f"distill {v.method}", lambda: distill(emu, self.full, *self.calib,
+                       steps=self.cfg.distill_steps, seed=seed, progress=self.step))  # fmt: skip
+        else:
+            emu = copy.deepcopy(self.emulators[v.name])
+        self.score(v.name, "emulator zero-shot", emu.model)
+        if self.cfg.lora_rank:
+            model = add_lora(emu.model, emu.manifest.adapter_positions, self.cfg.lora_rank)
+            params = [p for p in model.parameters() if p.requires_grad]
+        else:
+            model, params = emu.model, emu.freeze_all_but_adapter()
+        self.tune("emulator FT", model, params, seed, self.cfg.lr)
+        self.score(v.name, "emulator FT", model)
+        if self.cfg.lora_rank:
+            plugged = plug_in_lora(self.full, lora_state(model, emu.manifest.layout), self.cfg.lora_rank)
+        else:
+            plugged = plug_in(self.full, emu.adapter_state_dict())
+        self.score(v.name, "plug-in", plugged)
+        self.log(
+            f"seed {seed} {v.name}: " + ", ".join(f"{k} {x[-1]:.1f}" for k, x in self.results[v.name].items())
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     progress: Progress | None = None,
@@ -115,145 +200,28 @@ def run_experiment(
     steps and scored examples inside the current stage.
     """
     t_start = time.perf_counter()
-    full, tok = load_model(cfg.model)
-    train = load_task(cfg.task, "train")[: cfg.n_train]
-    test = load_task(cfg.task, "test")[: cfg.n_test]
-    n_blocks = len(get_blocks(full))
-    calib = text_rows(tok, public_texts(cfg.calibration_texts))
-    variants = [Variant.parse(v) for v in cfg.variants]
-    timings: dict[str, list[float]] = {}
-    results: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
-    results["full"] = {}
-
-    current = ["setup"]
-
-    def sp(done: int, total: int, *_: object) -> None:
-        if steps:
-            steps(current[0], done, total)
-
-    def timed(stage: str, fn):
-        current[0] = stage
-        t = time.perf_counter()
-        out = fn()
-        timings.setdefault(stage, []).append(time.perf_counter() - t)
-        if progress:
-            progress(stage, 1, 1)
-        return out
-
-    def record(group: str, key: str, value: float) -> None:
-        results[group].setdefault(key, []).append(value)
-
-    full_zs = timed("full zero-shot eval", lambda: accuracy(full, tok, test, progress=sp))
+    run = _Runner(cfg, progress, log, steps)
+    full_zs = run.timed(
+        "full zero-shot eval", lambda: accuracy(run.full, run.tok, run.test, progress=run.step)
+    )
     log(f"full zero-shot: {full_zs:.1f}")
-    adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
-    emulators = {}
-    for v in variants:
+    for v in run.variants:
         if not v.distill:
-            emulators[v.name] = timed(
-                f"derive {v.method}",
-                lambda v=v: derive_emulator(
-                    full,
-                    EmulatorOptions(v.method, cfg.first, cfg.last, cfg.keep),
-                    calibration=calib,
-                    tokenizer=tok,
-                ),
-            )
+            run.emulators[v.name] = run.timed(f"derive {v.method}", lambda v=v: run.derive(v.method))
     for seed in cfg.seeds:
-        record("full", "full zero-shot", full_zs)
-        # Centralised references: the same adapter blocks tuned inside the full model, and all parameters.
-        ref = copy.deepcopy(full)
-        blocks = get_blocks(ref)
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        params = [p for b in adapter_blocks for p in blocks[b].parameters()]
-        for p in params:
-            p.requires_grad_(True)
-        timed(
-            "full FT (adapter)",
-            lambda ref=ref, params=params, seed=seed: _tune_whole(
-                ref, tok, train, params, cfg, seed, cfg.lr, sp
-            ),
-        )
-        record(
-            "full", "full FT (adapter)", timed("eval", lambda ref=ref: accuracy(ref, tok, test, progress=sp))
-        )
-        ref = copy.deepcopy(full)
-        params = list(ref.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        timed(
-            "full FT (all)",
-            lambda ref=ref, params=params, seed=seed: _tune_whole(
-                ref, tok, train, params, cfg, seed, cfg.full_lr, sp
-            ),
-        )
-        record("full", "full FT (all)", timed("eval", lambda ref=ref: accuracy(ref, tok, test, progress=sp)))
-        del ref
-        for v in variants:
-            if v.distill:
-                base_name = Variant(v.method).name
-                emu = emulators.get(base_name) or derive_emulator(
-                    full,
-                    EmulatorOptions(v.method, cfg.first, cfg.last, cfg.keep),
-                    calibration=calib,
-                    tokenizer=tok,
-                )
-                emu = copy.deepcopy(emu)
-                timed(
-                    f"distill {v.method}",
-                    lambda emu=emu, seed=seed: distill(
-                        emu, full, *calib, steps=cfg.distill_steps, seed=seed, progress=sp
-                    ),
-                )
-            else:
-                emu = copy.deepcopy(emulators[v.name])
-            record(
-                v.name,
-                "emulator zero-shot",
-                timed("eval", lambda emu=emu: accuracy(emu.model, tok, test, progress=sp)),
-            )
-            if cfg.lora_rank:
-                peft_model = add_lora(emu.model, emu.manifest.adapter_positions, cfg.lora_rank)
-                params = [p for p in peft_model.parameters() if p.requires_grad]
-                timed(
-                    "emulator FT",
-                    lambda m=peft_model, params=params, seed=seed: _tune_whole(
-                        m, tok, train, params, cfg, seed, cfg.lr, sp
-                    ),
-                )
-                record(
-                    v.name,
-                    "emulator FT",
-                    timed("eval", lambda m=peft_model: accuracy(m, tok, test, progress=sp)),
-                )
-                plugged = plug_in_lora(full, lora_state(peft_model, emu.manifest.layout), cfg.lora_rank)
-            else:
-                params = emu.freeze_all_but_adapter()
-                timed(
-                    "emulator FT",
-                    lambda emu=emu, params=params, seed=seed: _tune_whole(
-                        emu.model, tok, train, params, cfg, seed, cfg.lr, sp
-                    ),
-                )
-                record(
-                    v.name,
-                    "emulator FT",
-                    timed("eval", lambda emu=emu: accuracy(emu.model, tok, test, progress=sp)),
-                )
-                plugged = plug_in(full, emu.adapter_state_dict())
-            record(v.name, "plug-in", timed("eval", lambda m=plugged: accuracy(m, tok, test, progress=sp)))
-            log(
-                f"seed {seed} {v.name}: "
-                + ", ".join(f"{k} {vals[-1]:.1f}" for k, vals in results[v.name].items())
-            )
-        log(f"seed {seed} full: " + ", ".join(f"{k} {vals[-1]:.1f}" for k, vals in results["full"].items()))
-    return build_report(cfg, results, timings, time.perf_counter() - t_start, len(train), len(test))
+        run.references(seed, full_zs)
+        for v in run.variants:
+            run.variant(seed, v)
+        log(f"seed {seed} full: " + ", ".join(f"{k} {x[-1]:.1f}" for k, x in run.results["full"].items()))
+    return build_report(
+        cfg, run.results, run.timings, time.perf_counter() - t_start, len(run.train), len(run.test)
+    )
 
 
 def build_report(
     cfg: ExperimentConfig, results: dict, timings: dict, seconds: float, n_train: int, n_test: int
 ) -> dict:
-    """Summarise raw per-seed figures into the DESIGN §6 table with mean ± spread and target checks."""
+    """Summarise raw per-seed figures into the five-number table (docs/architecture.md#evaluation-protocol) with mean ± spread and target checks."""
     full = {k: _spread(v) for k, v in results["full"].items()}
     zs, ft_all, ft_ad = (
         full["full zero-shot"]["mean"],

@@ -1,4 +1,4 @@
-"""The federated run's JSON report: the five DESIGN §6 numbers, bytes per client per round, timings."""
+"""The federated run's JSON report: the five numbers of docs/architecture.md#evaluation-protocol, bytes per client per round, timings."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import torch
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation.inprocess_grid import InProcessGrid
-from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.loop import run_federation
+from coordinator.federation.run import load_adapter
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.plugin import adapter_blocks_of
 from tests.conftest import tiny_model

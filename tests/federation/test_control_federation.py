@@ -11,7 +11,8 @@ import torch
 from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation.inprocess_grid import InProcessGrid
-from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.loop import run_federation
+from coordinator.federation.run import load_adapter
 from emulator.control.model import CONTROL_METHOD, control_from_state
 
 

@@ -14,7 +14,8 @@ from client.client_app import app as client_app
 from coordinator.config import ConfigError, FederationConfig
 from coordinator.federation.checkpoint import list_checkpoints, load_latest
 from coordinator.federation.inprocess_grid import InProcessGrid
-from coordinator.federation.loop import load_adapter, run_federation
+from coordinator.federation.loop import run_federation
+from coordinator.federation.run import load_adapter
 from protocols import schema as S
 from protocols.signing import SignatureError
 

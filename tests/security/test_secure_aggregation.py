@@ -12,8 +12,8 @@ from client.cache import StandinCache
 from client.local_data import local_examples
 from client.trainer import train_adapter
 from coordinator.config import FederationConfig
-from coordinator.federation.loop import initial_adapter
-from coordinator.federation.secagg import make_secagg_server_app
+from coordinator.federation.run import initial_adapter
+from coordinator.server_app import make_server_app
 from emulator.zoo import load_model
 from protocols.seeds import site_seed as derive_seed
 
@@ -42,13 +42,13 @@ def test_secagg_plus_sums_the_survivors_when_a_site_drops(tiny_checkpoint, tmp_p
         "model": str(tiny_checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
         "keep": 2, "rounds": 1, "clients-per-round": 3, "min-clients": 2, "local-steps": 2,
         "batch-size": 8, "max-examples": 24, "eval-size": 16, "out-dir": str(tmp_path / "runs"),
-        "run-name": "sa", "node-timeout": 30.0, "round-timeout": 60.0, "query-timeout": 20.0,
+        "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0, "query-timeout": 20.0,
         "secagg-shares": 3, "secagg-threshold": 2, "threads": 1,
     }  # fmt: skip
     from tests.security.secagg_apps import app as client_app
 
     run_simulation(
-        server_app=make_secagg_server_app(overrides),
+        server_app=make_server_app({**overrides, "secure-aggregation": True}),
         client_app=client_app,
         num_supernodes=3,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
@@ -56,7 +56,16 @@ def test_secagg_plus_sums_the_survivors_when_a_site_drops(tiny_checkpoint, tmp_p
     run_dir = tmp_path / "runs" / "sa"
     report = json.loads((run_dir / "report.json").read_text())
     (rnd,) = report["rounds"]
-    assert len(rnd["sampled"]) == 3 and len(rnd["summed"]) == 2 and rnd["dropped"] == 1, rnd
+    sa = rnd["secagg"]
+    assert len(sa["sampled"]) == 3 and len(sa["summed"]) == 2 and sa["dropped"] == 1, rnd
+    # The same report as a plain run: the five numbers, bytes, and the run store lists the run.
+    assert report["mode"] == "secagg+" and report["five_numbers"]["plug-in"] is not None
+    assert [c["status"] for c in rnd["clients"]].count("dropped") == 1
+    assert (run_dir / "config.json").exists() and (run_dir / "server.log").exists()
+    from coordinator.ops.runstore import RunStore, default_store_url
+
+    (listed,) = RunStore(default_store_url(tmp_path / "runs")).list_runs()
+    assert listed["status"] == "finished" and listed["run_dir"] == str(run_dir)
 
     cfg = FederationConfig.from_run_config(overrides)
     full, tok = load_model(str(tiny_checkpoint))
@@ -77,3 +86,45 @@ def test_secagg_plus_sums_the_survivors_when_a_site_drops(tiny_checkpoint, tmp_p
     # The dropped site's delta is not in the sum.
     everyone = {k: sum(d[k] * n for d, n in plain) / sum(n for _, n in plain) for k in start}
     assert max(float((secure[k] - everyone[k]).abs().max()) for k in start) > 10 * err
+
+
+@pytest.mark.slow
+def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, tmp_path, monkeypatch):
+    """Round 2 crashes the coordinator; resume=true keeps round 1 (not replayed) and finishes round 2."""
+    from flwr.simulation import run_simulation
+
+    from client.client_app import app as client_app
+    from coordinator.federation import run as run_module
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OFFSITE_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = {
+        "model": str(tiny_checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
+        "keep": 2, "rounds": 2, "clients-per-round": 2, "min-clients": 2, "local-steps": 1,
+        "batch-size": 8, "max-examples": 16, "eval-size": 8, "out-dir": str(tmp_path / "runs"),
+        "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0, "query-timeout": 20.0,
+        "secagg-shares": 2, "secagg-threshold": 2, "threads": 1, "client-eval": "none",
+        "secure-aggregation": True,
+    }  # fmt: skip
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
+    real_record = run_module.record_round
+
+    def crash_in_round_two(run, entry, *args):
+        if entry["round"] == 2:
+            raise RuntimeError("coordinator crashed")
+        real_record(run, entry, *args)
+
+    monkeypatch.setattr("coordinator.federation.secagg.record_round", crash_in_round_two)
+    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=2,
+                   backend_config=backend)  # fmt: skip
+    run_dir = tmp_path / "runs" / "sa"
+    assert not (run_dir / "report.json").exists()
+    first = json.loads((run_dir / "lineage.jsonl").read_text().splitlines()[0])
+
+    monkeypatch.setattr("coordinator.federation.secagg.record_round", real_record)
+    run_simulation(server_app=make_server_app({**overrides, "resume": True}), client_app=client_app,
+                   num_supernodes=2, backend_config=backend)  # fmt: skip
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    lines = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
+    assert [x["record"]["round"] for x in lines] == [1, 2] and lines[0] == first  # round 1 kept, not replayed

@@ -33,7 +33,9 @@ STANDIN_KINDS: dict[str, StandinKind] = {
     k.name: k
     for k in (
         StandinKind("emulator", "coordinator.federation.standin.emulator", "a CRaSh or uniform emulator"),
-        StandinKind("control", "coordinator.federation.standin.control", "a template plus a tiny control model"),
+        StandinKind(
+            "control", "coordinator.federation.standin.control", "a template plus a tiny control model"
+        ),
     )
 }
 
