@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
 from coordinator.aggregation.robust import plain_replies
 from coordinator.config import FederationConfig
 from protocols.records import from_float32_record, to_float32_record
+from protocols.schema import ProtocolError
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -104,7 +105,7 @@ class CentralDP:
         if self.cfg.dp != "client" or norm <= bound:
             return delta
         if norm > bound * (1 + CLIENT_CLIP_TOLERANCE):
-            raise ValueError(f"update norm {norm:.4g} exceeds dp-clip-norm {bound}: the site did not clip")
+            raise ProtocolError(f"update norm {norm:.4g} exceeds dp-clip-norm {bound}: the site did not clip")
         return {k: t * (bound / norm) for k, t in delta.items()}
 
     def aggregate(

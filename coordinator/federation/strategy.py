@@ -264,24 +264,24 @@ class OffsiteStrategy:
         return [b_only] if self.cfg.lora_aggregation == "ffa" else [names, b_only]
 
     def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
-        """Validated (delta, metrics) of one train reply; raises ProtocolError/ValueError if unusable."""
+        """Validated (delta, metrics) of one train reply; raises ProtocolError if it is unusable."""
         S.check_message("train-res", content)
         encoded = codecs.from_records(
             content.array_records[S.ADAPTER_RECORD], content.config_records[S.UPDATE_META_RECORD]
         )
         try:
             names = frozenset(str(e["name"]) for e in json.loads(str(encoded.meta.get(codecs.META_LAYOUT))))
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError) as err:  # json's and the layout's own shape errors
             raise S.ProtocolError(f"update layout unreadable: {err}") from None
         if names not in self._allowed_names():
             raise S.ProtocolError(f"update names {sorted(names)[:3]}… are not a trainable adapter set")
         delta = codecs.decode(encoded, expected={k: self.shapes[k] for k in names})
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
         if self.cfg.max_update_norm and norm > self.cfg.max_update_norm:
-            raise ValueError(f"update norm {norm:.4g} exceeds max-update-norm {self.cfg.max_update_norm}")
+            raise S.ProtocolError(f"update norm {norm:.4g} exceeds max-update-norm {self.cfg.max_update_norm}")
         metrics = dict(content.metric_records[S.METRICS_RECORD])
         if not metrics[S.NUM_EXAMPLES] > 0:
-            raise ValueError("update reports no training examples")
+            raise S.ProtocolError("update reports no training examples")
         metrics["update-norm"] = norm
         if self.privacy is not None:
             delta = self.privacy.check_client_clipped(delta, norm)
@@ -319,7 +319,7 @@ class OffsiteStrategy:
                 continue
             try:
                 delta, metrics = self.decode_update(msg.content)
-            except (S.ProtocolError, ValueError, KeyError, TypeError) as err:
+            except S.ProtocolError as err:
                 self.round_log.dropped[node] = str(err)
                 log.warning("dropped the update of node %s: %s", node, err)
                 continue

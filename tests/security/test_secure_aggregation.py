@@ -100,10 +100,10 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
     monkeypatch.setenv("OFFSITE_CACHE_DIR", str(tmp_path / "cache"))
     overrides = {
         "model": str(tiny_checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
-        "keep": 2, "rounds": 2, "clients-per-round": 2, "min-clients": 2, "local-steps": 1,
+        "keep": 2, "rounds": 2, "clients-per-round": 3, "min-clients": 2, "local-steps": 1,
         "batch-size": 8, "max-examples": 16, "eval-size": 8, "out-dir": str(tmp_path / "runs"),
         "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0, "query-timeout": 20.0,
-        "secagg-shares": 2, "secagg-threshold": 2, "threads": 1, "client-eval": "none",
+        "secagg-shares": 3, "secagg-threshold": 2, "threads": 1, "client-eval": "none",
         "secure-aggregation": True,
     }  # fmt: skip
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
@@ -115,7 +115,7 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
         real_record(run, entry, *args)
 
     monkeypatch.setattr("coordinator.federation.secagg.record_round", crash_in_round_two)
-    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=2,
+    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=3,
                    backend_config=backend)  # fmt: skip
     run_dir = tmp_path / "runs" / "sa"
     assert not (run_dir / "report.json").exists()
@@ -123,7 +123,7 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
 
     monkeypatch.setattr("coordinator.federation.secagg.record_round", real_record)
     run_simulation(server_app=make_server_app({**overrides, "resume": True}), client_app=client_app,
-                   num_supernodes=2, backend_config=backend)  # fmt: skip
+                   num_supernodes=3, backend_config=backend)  # fmt: skip
     report = json.loads((run_dir / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     lines = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
