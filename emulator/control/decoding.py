@@ -3,6 +3,8 @@ over left-padded prompts, and temperature / top-p sampling applied to already-co
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -28,6 +30,15 @@ def prompt_batch(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Ten
     return left_pad(enc, pad_id(tokenizer))
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The forward() keyword of the KV cache: 'cache' in recent transformers, else 'past_key_values'.
+
+    Recent transformers warn (FutureWarning) on every call that passes `past_key_values`.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 class CachedLM:
     """One causal LM stepped over a left-padded batch with its own KV cache (fp32 last-position logits)."""
 
@@ -38,17 +49,18 @@ class CachedLM:
         self.mask: torch.Tensor | None = None
         self.last_pos: torch.Tensor | None = None
         self.device = next(model.parameters()).device
+        self.cache_arg = cache_argument(model)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=self.mask.to(self.device),
             position_ids=pos.to(self.device),
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_arg: self.cache},
             **self.kwargs,
         )
-        self.cache = out.past_key_values
+        self.cache = out[self.cache_arg]
         return out.logits[:, -1].float()
 
     @torch.no_grad()

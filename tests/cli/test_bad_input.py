@@ -65,6 +65,10 @@ def test_run_refuses_unknown_keys_bad_types_and_missing_inputs(tmp_path):
         (["derive", "--out", "x", "--keep", "0"], "'--keep': 0 is not in the range x>=1"),
         (["generate", "--prompt", "a", "--top-p", "2"], "'--top-p': 2.0 is not in the range 0.0<=x<=1.0"),
         (["generate", "--prompt", "a", "--max-new-tokens", "0"], "'--max-new-tokens': 0 is not in the range"),
+        (["generate", "--prompt", "a", "--top-p", "0"], "--top-p must be > 0"),
+        (["generate", "--prompt", "a", "--model", "zoo:huge"], "'zoo:huge' is not a zoo model"),
+        (["generate", "--prompt", "a", "--control", "/nowhere"], "--control: ported control directory /nowhere"),
+        (["generate", "--prompt", "a", "--proxy", "/nowhere"], "--proxy: expert directory /nowhere"),
         (["merge", "m.yaml", "--out", "o", "--eval-size", "-1"], "'--eval-size': -1 is not in the range"),
     ],
 )
@@ -107,6 +111,11 @@ def test_experiment_one_record_cannot_be_split(tmp_path):
     train.write_text('{"prompt": "a", "target": " b"}\n')
     result = invoke("experiment", "--task", str(train), "--model", "zoo:base")
     assert result.exit_code == 2 and "cannot be split into train and test" in result.output
+
+
+def test_merge_config_must_exist(tmp_path):
+    result = invoke("merge", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "merge config" in result.output and "does not exist" in result.output
 
 
 def test_derive_names_its_methods():

@@ -167,3 +167,12 @@ def test_plain_progress_prints_lines_while_nothing_reports():
 
 def test_progress_is_plain_when_not_a_terminal():
     assert isinstance(common.progress(), PlainProgress)  # pytest's stdout is not a terminal
+
+
+def test_generate_warns_when_a_prompt_exceeds_the_context(monkeypatch):
+    control = importlib.import_module("coordinator.cli.control")
+    out = _capture(monkeypatch, control)
+    tok = lambda text, add_special_tokens=False: {"input_ids": text.split()}  # noqa: E731
+    control.warn_long_prompts(tok, ["short one", "w " * 300], 16, 256)
+    text = out.getvalue()
+    assert text.count("Warning:") == 1 and "is 300 tokens" in text and "context of 256 tokens" in text
