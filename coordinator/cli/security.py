@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.common import console
+from coordinator.cli.common import console, fail
 from protocols.signing import generate_signing_key, save_private_key, save_public_key
 from protocols.tls import make_certificates
 
@@ -37,13 +37,11 @@ def certs(
     """Make a CA, the SuperLink's TLS certificate (with its SANs) and EC SuperNode keys for node auth."""
     signer = out / "coordinator.pem"
     if signing_key and signer.exists() and not overwrite:
-        console.print(f"[red]Error:[/red] {signer} exists; pass --overwrite to replace it")
-        raise typer.Exit(2)
+        fail(f"{signer} exists; pass --overwrite to replace it")
     try:
         paths = make_certificates(out, sans=san or (), n_nodes=nodes, overwrite=overwrite)
     except FileExistsError as exc:
-        console.print(f"[red]Error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     rows = [
         ("CA certificate", paths.ca_cert, "SuperLink --ssl-ca-certfile; SuperNode/flwr --root-certificates"),
         ("CA key", paths.ca_key, "keep offline"),
@@ -65,6 +63,18 @@ def certs(
     for what, path, use in rows:
         table.add_row(what, str(path), use)
     console.print(table)
-    console.print(
-        "Next: docs/security.md (TLS SuperLink with --enable-supernode-auth, `flwr supernode register`)."
+    console.print(next_steps(out, paths), highlight=False)
+
+
+def next_steps(out: Path, paths) -> str:
+    """The commands that put the files to use, spelled out (a wheel install carries no docs)."""
+    first = paths.node_private_keys[0].name if paths.node_private_keys else "node-1.key"
+    first_pub = paths.node_public_keys[0].name if paths.node_public_keys else "node-1.pub"
+    return (
+        "Next:\n"
+        f"  1. coordinator: flower-superlink --ssl-ca-certfile {paths.ca_cert} --ssl-certfile {paths.server_cert} "
+        f"--ssl-keyfile {paths.server_key} --enable-supernode-auth\n"
+        f"  2. register each site's public key: flwr supernode register {out / first_pub} <federation>\n"
+        f"  3. at each site (give it only ca.crt, its own key and coordinator.pub): flower-supernode "
+        f"--root-certificates ca.crt --auth-supernode-private-key {first} --superlink HOST:9092"
     )
