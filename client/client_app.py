@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from client.cache import StandinCache, cache_dir
 from client.control_trainer import evaluate_control_update, is_control
 from client.local_data import local_examples
-from client.round_step import cached_standin, local_round
+from client.round_step import cached_standin, compute_settings, local_round
 from client.secagg_app import is_secagg, secagg_train
 from client.trainer import evaluate_adapter
 from client.trust import check_payload
@@ -85,6 +85,7 @@ def train(message: Message, context: Context) -> Message:
             S.NUM_EXAMPLES: len(examples),
             S.TRAIN_LOSS: float(update.stats.loss),
             S.TRAIN_SECONDS: float(update.stats.seconds),
+            # CUDA max allocated on a GPU site, peak process RSS on a CPU one (emulator.train).
             S.PEAK_MEM_MB: float(update.stats.peak_mem_mb),
             S.BYTES_UP: int(arrays.count_bytes() + meta.count_bytes()),
             S.BYTES_DOWN: bytes_down,
@@ -110,7 +111,8 @@ def evaluate(message: Message, context: Context) -> Message:
     if is_control(emu):
         acc, loss = evaluate_control_update(emu, adapter, examples)
     else:
-        acc, loss = evaluate_adapter(emu, adapter, examples, cfg.get(S.LORA_RANK, 0))
+        device, precision = compute_settings(context)
+        acc, loss = evaluate_adapter(emu, adapter, examples, cfg.get(S.LORA_RANK, 0), device, precision)
     metrics = MetricRecord({S.NUM_EXAMPLES: len(examples), S.EVAL_LOSS: loss, S.EVAL_ACCURACY: acc})
     reply = RecordDict({S.METRICS_RECORD: metrics})
     S.check_message("evaluate-res", reply)

@@ -3,11 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from emulator.data import Example
+
+# How task prompts meet a chat/instruct model's tokenizer: "auto" wraps them in its chat template
+# when it has one (instruct models are tuned on that format; the embedded zoo's tokenizers have none,
+# so their prompts stay as they are), "on" insists on a template, "off" never wraps.
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+
+
+def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template under `mode` (auto | on | off)."""
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise ValueError(f"chat-template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; got {mode!r}")
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        raise ValueError("chat-template = 'on', but this model's tokenizer has no chat template")
+    return has if mode == "auto" else mode == "on"
+
+
+def prompt_text(tokenizer, prompt: str, mode: str = "auto") -> str:
+    """The prompt as the model sees it: a user turn plus the assistant header, or unchanged."""
+    if not uses_chat_template(tokenizer, mode):
+        return prompt
+    turn = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+
+
+def answer_text(tokenizer, text: str, mode: str = "auto") -> str:
+    """A response or choice as it follows the prompt (no leading space after a chat header)."""
+    return text.lstrip() if uses_chat_template(tokenizer, mode) else text
+
+
+def encode_prompts(tokenizer, prompts: list[str], mode: str = "auto") -> list[list[int]]:
+    """Token ids of each prompt (chat-wrapped per `mode`), without added special tokens."""
+    return [
+        tokenizer(prompt_text(tokenizer, p, mode), add_special_tokens=False)["input_ids"] for p in prompts
+    ]
 
 
 def pad_id(tokenizer) -> int:
@@ -74,11 +110,15 @@ def next_token_logprobs(
     return torch.cat(out)
 
 
-def mc_accuracy(model: nn.Module, tokenizer, examples: list[Example]) -> float:
+def mc_accuracy(model: nn.Module, tokenizer, examples: list[Example], chat_template: str = "auto") -> float:
     """Share of multiple-choice examples whose highest-likelihood choice is the answer (0..1)."""
-    enc_prompts = [tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in examples]
+    enc_prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples], chat_template)
     enc_choices = [
-        [tokenizer(c, add_special_tokens=False)["input_ids"] for c in ex.choices] for ex in examples
+        [
+            tokenizer(answer_text(tokenizer, c, chat_template), add_special_tokens=False)["input_ids"]
+            for c in ex.choices
+        ]
+        for ex in examples
     ]
     if all(len(c) == 1 for cs in enc_choices for c in cs):
         # One forward pass per prompt scores every single-token choice at once.
@@ -107,9 +147,15 @@ def mc_accuracy(model: nn.Module, tokenizer, examples: list[Example]) -> float:
 
 @torch.no_grad()
 def greedy_continuations(
-    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 4, batch: int = 64
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 4,
+    batch: int = 64,
+    chat_template: str = "auto",
 ) -> list[str]:
-    """Greedy continuation of each prompt, stopping at EOS or a newline."""
+    """Greedy continuation of each prompt (chat-wrapped per `chat_template`), stopping at EOS or a newline."""
+    prompts = [prompt_text(tokenizer, p, chat_template) for p in prompts]
     model.eval()
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
@@ -135,9 +181,9 @@ def greedy_continuations(
     return outs
 
 
-def exact_match(model: nn.Module, tokenizer, examples: list[Example]) -> float:
+def exact_match(model: nn.Module, tokenizer, examples: list[Example], chat_template: str = "auto") -> float:
     """Share of generation examples whose greedy continuation equals the target (whitespace-trimmed)."""
-    preds = greedy_continuations(model, tokenizer, [e.prompt for e in examples])
+    preds = greedy_continuations(model, tokenizer, [e.prompt for e in examples], chat_template=chat_template)
     return sum(p.strip() == e.target.strip() for p, e in zip(preds, examples, strict=True)) / len(examples)
 
 
@@ -147,6 +193,7 @@ def accuracy(
     examples: list[Example],
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 64,
+    chat_template: str = "auto",
 ) -> float:
     """The task's metric in percent: MC accuracy or exact match, chosen by the examples' kind.
 
@@ -155,7 +202,8 @@ def accuracy(
     """
     if not examples:
         raise ValueError("no examples to score")
-    fn = mc_accuracy if examples[0].kind == "mc" else exact_match
+    metric = mc_accuracy if examples[0].kind == "mc" else exact_match
+    fn = partial(metric, chat_template=chat_template)
     if progress is None:
         return 100.0 * fn(model, tokenizer, examples)
     hits = 0.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import resource
 import sys
 import time
@@ -13,16 +15,78 @@ import torch
 from torch import nn
 
 from emulator.data import Example
+from emulator.evaluate import answer_text, prompt_text
 
 Progress = Callable[[int, int, float], None]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def encode(tokenizer, examples: list[Example], max_len: int = 96) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per example: prompt tokens masked (-100), response + EOS supervised."""
+class DeviceError(ValueError):
+    """A device or precision setting this machine cannot honour; the message names the key."""
+
+
+def resolve_device(value: str = "cpu", key: str = "device") -> torch.device:
+    """A `device` setting (auto | cpu | cuda | cuda:N) as a torch device this machine has."""
+    value = str(value).strip().lower()
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", value):
+        raise DeviceError(f"{key} must be auto, cpu, cuda or cuda:N; got {value!r}")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise DeviceError(
+            f"{key} = {value!r}, but this machine has no usable CUDA device (torch {torch.__version__}, "
+            f"{build}); set {key} to cpu or auto"
+        )
+    index = int(value.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"{key} = {value!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", index)
+
+
+def check_precision(precision: str, device: torch.device | str, key: str = "precision") -> torch.dtype:
+    """The autocast dtype of a `precision` setting (fp32 | bf16 | fp16), refused where it cannot run."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"{key} must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        # fp16 needs loss scaling, which we only do on CUDA; CPUs run bf16 natively.
+        raise DeviceError(f"{key} = 'fp16' needs a CUDA device (this one is {device}); use bf16 on CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"{key} = 'bf16', but {torch.cuda.get_device_name(device)} has no bf16; use fp16")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """Mixed-precision autocast for bf16/fp16 on `device`; a no-op for fp32."""
+    dtype = check_precision(precision, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters live on."""
+    return next(model.parameters()).device
+
+
+def encode(
+    tokenizer, examples: list[Example], max_len: int = 96, chat_template: str = "auto"
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per example: prompt tokens masked (-100), response + EOS supervised.
+
+    With a chat template in use (`chat_template`, see emulator.evaluate), the prompt is a user turn
+    and the response the assistant's reply, ended by the tokenizer's EOS (its end-of-turn token).
+    """
     out = []
     for ex in examples:
-        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-        r = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        p = tokenizer(prompt_text(tokenizer, ex.prompt, chat_template), add_special_tokens=False)["input_ids"]
+        response = answer_text(tokenizer, ex.response, chat_template)
+        r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = (p + r)[-max_len:]
         labels = ([-100] * len(p) + r)[-max_len:]
         out.append((ids, labels))
@@ -80,7 +144,7 @@ class TrainStats:
 def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     """Peak memory in MiB: CUDA max allocated on a GPU, else the process's peak RSS."""
     if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
@@ -108,14 +172,31 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.
 
 
 def optimiser_step(
-    loss: torch.Tensor, params, opt: torch.optim.Optimizer, sched, step: int, what: str = "training"
+    loss: torch.Tensor,
+    params,
+    opt: torch.optim.Optimizer,
+    sched,
+    step: int,
+    what: str = "training",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Backward, clip the gradient norm to 1, step optimiser and schedule; a non-finite loss raises."""
+    """Backward, clip the gradient norm to 1, step optimiser and schedule; a non-finite loss raises.
+
+    With an fp16 `scaler`, the loss is scaled before backward and gradients unscaled before clipping;
+    a step whose gradients overflowed is skipped by the scaler (and the scale lowered).
+    """
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{what} loss became {loss.item()} at step {step}")
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(opt)
+        scaler.update()
     sched.step()
     opt.zero_grad(set_to_none=True)
 
@@ -132,15 +213,25 @@ def tune(
     warmup: int = 10,
     weight_decay: float = 0.0,
     progress: Progress | None = None,
+    precision: str = "fp32",
+    chat_template: str = "auto",
 ) -> TrainStats:
-    """Tune `params` of `model` on examples for `steps` AdamW steps (linear warmup, cosine decay)."""
+    """Tune `params` of `model` on examples for `steps` AdamW steps (linear warmup, cosine decay).
+
+    The model trains where its parameters are; `precision` bf16/fp16 runs forward and loss under
+    autocast (parameters and optimiser state stay in their own dtype), fp16 with a grad scaler.
+    """
     if not examples:
         raise ValueError("no training examples")
     if not params:
         raise ValueError("nothing to train: no trainable parameters")
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    rows = encode(tokenizer, examples)
+    device = model_device(model)
+    mixed = autocast(device, precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rows = encode(tokenizer, examples, chat_template=chat_template)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     sched = warmup_cosine(opt, steps, warmup)
@@ -149,8 +240,9 @@ def tune(
     it = batches(rows, min(batch_size, len(rows)), seed)
     for step in range(steps):
         batch = {k: v.to(device) for k, v in collate(next(it), tokenizer.pad_token_id).items()}
-        loss = supervised_loss(model, batch)
-        optimiser_step(loss, params, opt, sched, step)
+        with mixed:
+            loss = supervised_loss(model, batch)
+        optimiser_step(loss, params, opt, sched, step, scaler=scaler)
         tokens += int(batch["attention_mask"].sum())
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         if progress:
