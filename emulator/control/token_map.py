@@ -3,7 +3,9 @@
 For a target token with surface text t (whitespace markers normalised, see emulator.control.vocab):
 1. exact: a control token with surface t (the lowest id if several);
 2. approximate: among control tokens c that are a prefix of t, or that t is a prefix of, the one
-   with minimum Levenshtein distance to t, ties to the lowest id;
+   with minimum Levenshtein distance to t, ties to the lowest id; a control token of whitespace
+   alone is a prefix candidate only for a target token that is itself all whitespace (as in CMC's
+   reference mapping);
 3. otherwise unmapped (the port gives it shift 0).
 Special tokens are matched by role (bos/eos/pad/unk/...), then by their literal text, never by id.
 
@@ -106,9 +108,13 @@ def match_token(
     if surface in exact:
         return exact[surface], EXACT
     best: tuple[int, int] | None = None  # (distance, id)
+    # As CMC's own mapping does, a bare-whitespace control token is never a prefix candidate for a
+    # target token with visible text (' =' would otherwise take the lone space's shift).
+    visible = not surface.isspace()
     for k in range(len(surface) - 1, 0, -1):  # longest control prefix first: smallest distance
-        cid = exact.get(surface[:k])
-        if cid is not None:
+        prefix = surface[:k]
+        cid = exact.get(prefix)
+        if cid is not None and not (visible and prefix.isspace()):
             best = (len(surface) - k, cid)
             break
     ext = extension.get(surface)

@@ -99,3 +99,13 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
         load_token_map(tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):
         load_token_map(tmp_path / "missing.safetensors")
+
+
+def test_a_lone_space_is_no_prefix_for_visible_text():
+    control = Vocab([" ", "=", " u", "  "], name="control")
+    target = Vocab([" =", " uv", "   ", " "], name="target")
+    m = build_token_map(target, control)
+    # " =": the lone space ' ' is refused as its prefix; no other candidate -> unmapped.
+    # " uv": prefix " u" (1). "   ": all whitespace, so the whitespace prefix "  " (1) is allowed.
+    assert m.index.tolist() == [-1, 2, 3, 0]
+    assert m.kind.tolist() == [UNMAPPED, APPROX, APPROX, EXACT]
