@@ -29,6 +29,25 @@ app = typer.Typer(
     pretty_exceptions_short=True,
 )
 
+def _keep_argument_help() -> None:
+    # typer 0.20 sets TyperArgument.help and then calls click's Parameter.__init__, which (click 8.5)
+    # resets it to None: no argument help in --help. Set it again after click's constructor.
+    from typer.core import TyperArgument
+
+    if getattr(TyperArgument, "_offsite_help", False):
+        return
+    original = TyperArgument.__init__
+
+    def init(self, *args, help: str | None = None, **kwargs) -> None:  # noqa: A002 - click's name
+        original(self, *args, help=help, **kwargs)
+        self.help = help
+
+    TyperArgument.__init__ = init
+    TyperArgument._offsite_help = True
+
+
+_keep_argument_help()
+
 if not sys.stderr.isatty():
     # Piped, typer's error panel wraps a message at 80 columns; click's plain text keeps it on one line.
     from typer import rich_utils

@@ -10,6 +10,7 @@ from coordinator.cli.common import fail
 # emulator.derive.METHODS, copied so a bad method fails before torch loads (tests/cli checks they agree).
 EMULATOR_METHODS = ("uniform", "crash", "full")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP: 'train.jsonl::test.jsonl'
 
 
 def _zoo_dir() -> Path:
@@ -34,7 +35,14 @@ def is_data_file(task: str) -> bool:
 
 
 def check_task(task: str, option: str = "--task") -> None:
-    """Refuse an unknown embedded task or a data file that does not exist."""
+    """Refuse an unknown embedded task or a data file that does not exist ('train::test' checks both)."""
+    train, sep, test = task.partition(TEST_FILE_SEP)
+    if sep:
+        for path in (train, test):
+            if not is_data_file(path):
+                fail(f"{option}: {task!r}: both sides of '{TEST_FILE_SEP}' must be data files")
+            check_task(path, option)
+        return
     if is_data_file(task):
         if not Path(task).expanduser().is_file():
             fail(f"{option}: data file {task} does not exist")

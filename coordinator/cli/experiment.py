@@ -8,11 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.checks import EMULATOR_METHODS, check_model, check_task, is_data_file
+from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, check_model, check_task, is_data_file
 from coordinator.cli.common import console, fail, progress
 
 METHODS = EMULATOR_METHODS
-TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP
 
 
 def parse_variants(text: str) -> list[str]:

@@ -128,11 +128,22 @@ def test_derive_names_its_methods():
     assert "full (no compression)" in method.help
 
 
-def test_cli_method_list_matches_the_emulator():
-    from coordinator.cli.checks import EMULATOR_METHODS
+def test_cli_copies_match_the_emulator():
+    from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, embedded_tasks, zoo_models
+    from emulator.data import EMBEDDED_TASKS
+    from emulator.data import TEST_FILE_SEP as DATA_SEP
     from emulator.derive import METHODS
+    from emulator.zoo import MODELS
 
-    assert EMULATOR_METHODS == METHODS
+    assert EMULATOR_METHODS == METHODS and TEST_FILE_SEP == DATA_SEP
+    assert embedded_tasks() == sorted(EMBEDDED_TASKS) and zoo_models() == sorted(MODELS)
+
+
+def test_run_checks_both_files_of_a_train_test_task(tmp_path):
+    train = tmp_path / "my.jsonl"
+    train.write_text('{"prompt": "a", "target": " b"}\n')
+    result = invoke("run", "-c", f'task="{train}::{tmp_path / "t.jsonl"}"')
+    assert result.exit_code == 2 and "t.jsonl does not exist" in result.output
 
 
 def test_version():
@@ -150,12 +161,10 @@ def _params(command: click.Command, path: str = ""):
 
 
 def test_every_option_and_argument_has_help():
-    for path, command, param in _params(typer.main.get_command(app)):
-        if isinstance(param, click.Argument):
-            # click 8.5 drops a typer Argument's help, so the command's own help describes it.
-            assert param.name.upper() in (command.help or ""), (path, param.name)
-        else:
-            assert param.help, (path, param.name)
+    for path, _command, param in _params(typer.main.get_command(app)):
+        assert param.help, (path, param.name)
+    merge = invoke("merge", "--help").output
+    assert "YAML merge config" in merge
 
 
 def test_no_locals_in_tracebacks():
