@@ -32,19 +32,24 @@ def _plain_delta(cfg: FederationConfig, cache: Path, digest: str, adapter: dict,
     return update.delta, len(examples)
 
 
+def _secagg_run(checkpoint, tmp_path, rounds: int, local_steps: int, max_examples: int, eval_size: int) -> dict:
+    """Run config of a tiny three-site SecAgg+ run on `checkpoint` (generous timeouts: Ray starts slowly)."""
+    return {
+        "model": str(checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
+        "keep": 2, "rounds": rounds, "clients-per-round": 3, "min-clients": 2, "local-steps": local_steps,
+        "batch-size": 8, "max-examples": max_examples, "eval-size": eval_size,
+        "out-dir": str(tmp_path / "runs"), "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0,
+        "query-timeout": 20.0, "secagg-shares": 3, "secagg-threshold": 2, "threads": 1,
+    }  # fmt: skip
+
+
 @pytest.mark.slow
 def test_secagg_plus_sums_the_survivors_when_a_site_drops(tiny_checkpoint, tmp_path, monkeypatch):
     from flwr.simulation import run_simulation
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # Ray's workers import tests.security.secagg_apps
     monkeypatch.setenv("OFFSITE_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = {
-        "model": str(tiny_checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
-        "keep": 2, "rounds": 1, "clients-per-round": 3, "min-clients": 2, "local-steps": 2,
-        "batch-size": 8, "max-examples": 24, "eval-size": 16, "out-dir": str(tmp_path / "runs"),
-        "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0, "query-timeout": 20.0,
-        "secagg-shares": 3, "secagg-threshold": 2, "threads": 1,
-    }  # fmt: skip
+    overrides = _secagg_run(tiny_checkpoint, tmp_path, rounds=1, local_steps=2, max_examples=24, eval_size=16)
     from tests.security.secagg_apps import app as client_app
 
     run_simulation(
@@ -98,14 +103,8 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("OFFSITE_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = {
-        "model": str(tiny_checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
-        "keep": 2, "rounds": 2, "clients-per-round": 3, "min-clients": 2, "local-steps": 1,
-        "batch-size": 8, "max-examples": 16, "eval-size": 8, "out-dir": str(tmp_path / "runs"),
-        "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0, "query-timeout": 20.0,
-        "secagg-shares": 3, "secagg-threshold": 2, "threads": 1, "client-eval": "none",
-        "secure-aggregation": True,
-    }  # fmt: skip
+    overrides = {**_secagg_run(tiny_checkpoint, tmp_path, rounds=2, local_steps=1, max_examples=16, eval_size=8),
+                 "client-eval": "none", "secure-aggregation": True}  # fmt: skip
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
     real_record = run_module.record_round
 
@@ -115,8 +114,9 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
         real_record(run, entry, *args)
 
     monkeypatch.setattr("coordinator.federation.secagg.record_round", crash_in_round_two)
-    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=3,
-                   backend_config=backend)  # fmt: skip
+    with pytest.raises(RuntimeError, match="coordinator crashed"):
+        run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=3,
+                       backend_config=backend)  # fmt: skip
     run_dir = tmp_path / "runs" / "sa"
     assert not (run_dir / "report.json").exists()
     first = json.loads((run_dir / "lineage.jsonl").read_text().splitlines()[0])
