@@ -45,6 +45,9 @@ def run_federated(
         overrides = parse_run_config(run_config)
     except RunConfigError as exc:
         fail(str(exc))
+    sampled = overrides.setdefault("clients-per-round", supernodes)  # every simulated site, unless told
+    if isinstance(sampled, int) and sampled > supernodes:
+        fail(f"clients-per-round {sampled} is more than the {supernodes} simulated sites (--supernodes)")
     from coordinator.config import ConfigError, FederationConfig  # loads torch: after the cheap checks
 
     try:

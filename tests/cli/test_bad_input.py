@@ -202,3 +202,22 @@ def test_piped_errors_are_not_wrapped(tmp_path):
     )
     assert usage.returncode == 2
     assert "Error: Invalid value for '--supernodes': 0 is not in the range x>=1." in usage.stderr
+
+
+def test_run_samples_every_site_by_default_and_refuses_more(monkeypatch, tmp_path):
+    import importlib
+
+    simulation = importlib.import_module("coordinator.cli.simulation")
+    seen = {}
+
+    def fake(where, overrides, n, client_cpus=1):
+        seen.update(overrides, n=n)
+        raise RuntimeError("the ServerApp stopped: boom")
+
+    monkeypatch.setattr(simulation, "simulate", fake)
+    result = invoke("run", "--supernodes", "3", "-c", f'out-dir="{tmp_path}"')
+    assert seen["clients-per-round"] == 3 and seen["n"] == 3
+    # A failing ServerApp reaches the terminal and the exit status.
+    assert result.exit_code == 1 and "the run failed: RuntimeError: the ServerApp stopped: boom" in result.output
+    more = invoke("run", "--supernodes", "2", "-c", "clients-per-round=8")
+    assert more.exit_code == 2 and "clients-per-round 8 is more than the 2 simulated sites" in more.output
