@@ -150,3 +150,23 @@ def test_missing_gguf_package_is_a_clear_error(gguf_file, monkeypatch):
 def test_missing_gguf_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_model(str(tmp_path / "nope.gguf"))
+
+
+def test_chat_template_wraps_prompts_only_where_the_tokenizer_has_one(base, gguf_file):
+    from emulator.data import Example
+    from emulator.evaluate import prompt_text, uses_chat_template
+    from emulator.train import encode
+
+    _, plain = base
+    _, chat = load_model(str(gguf_file))
+    ex = [Example("dog: a pet.\nCategory:", (" animal", " plant"), 0)]
+    assert not uses_chat_template(plain) and prompt_text(plain, ex[0].prompt) == ex[0].prompt
+    assert encode(plain, ex) == encode(plain, ex, chat_template="off")  # zoo:base: unchanged
+    with pytest.raises(ValueError, match="has no chat template"):
+        prompt_text(plain, "x", "on")
+    wrapped = prompt_text(chat, ex[0].prompt)
+    assert wrapped == "<|bos|>user\ndog: a pet.\nCategory:<|eos|>\n<|bos|>assistant\n"
+    ids, labels = encode(chat, ex)[0]
+    response = [t for t in labels if t != -100]
+    assert chat.decode(response) == "animal<|eos|>"  # no leading space after the assistant header
+    assert encode(chat, ex, chat_template="off") == encode(plain, ex)
