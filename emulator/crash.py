@@ -80,14 +80,63 @@ def adjacent_clusters(sim: torch.Tensor, k: int) -> list[list[int]]:
     return clusters
 
 
+def balanced_cap(n: int, k: int) -> int:
+    """The size bound of 'balanced' clustering: ceil(n / k), the smallest that still allows k clusters."""
+    return -(-n // k)
+
+
+def bounded_clusters(sim: torch.Tensor, k: int, max_size: int) -> list[list[int]]:
+    """k contiguous clusters of at most max_size blocks, cut where touching blocks are least similar.
+
+    Adjacent merging amounts to cutting the k−1 boundaries of lowest touching-block CKA; this
+    picks the cuts of least total CKA subject to the bound (exact, by dynamic programming). The
+    bound keeps one cluster from swallowing a long plateau of similar blocks, which sharing would
+    then run as one block many times in a row.
+    """
+    n = sim.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot form {k} clusters from {n} blocks")
+    if k * max_size < n:
+        raise ValueError(f"{k} clusters of at most {max_size} blocks cannot cover {n} blocks")
+    cut = [float(sim[i, i + 1]) for i in range(n - 1)] + [0.0]  # no cost after the last block
+    inf = float("inf")
+    # best[c][j] = (least cut cost splitting blocks[:j] into c clusters, start of the last cluster)
+    best = [[(inf, -1)] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = (0.0, -1)
+    for c in range(1, k + 1):
+        for j in range(c, n + 1):
+            for i in range(max(c - 1, j - max_size), j):
+                cost = best[c - 1][i][0] + cut[j - 1]
+                if cost < best[c][j][0]:  # strict: ties keep the earliest start, so it is deterministic
+                    best[c][j] = (cost, i)
+    clusters, j = [], n
+    for c in range(k, 0, -1):
+        i = best[c][j][1]
+        clusters.append(list(range(i, j)))
+        j = i
+    return clusters[::-1]
+
+
+def share_repeats(share: str) -> int | None:
+    """How often sharing runs each representative: None for 'full' (its whole cluster), 1 for 'none', r for 'partial:r'."""
+    if share == "full":
+        return None
+    if share == "none":
+        return 1
+    kind, _, r = share.partition(":")
+    if kind != "partial" or not r.isdigit() or int(r) < 1:
+        raise ValueError(f"unknown sharing mode {share!r}; write full, none or partial:R (R ≥ 1)")
+    return int(r)
+
+
 def representative(cluster: list[int]) -> int:
     """The middle member of a cluster (the lower middle for even sizes)."""
     return cluster[(len(cluster) - 1) // 2]
 
 
-def shared_layout(clusters: list[list[int]], offset: int = 0) -> list[int]:
-    """Refill every position of each cluster with its representative (weight-tied sharing)."""
-    return [representative(c) + offset for c in clusters for _ in c]
+def shared_layout(clusters: list[list[int]], offset: int = 0, repeats: int | None = None) -> list[int]:
+    """Refill each cluster's positions with its representative (weight-tied), at most `repeats` times each."""
+    return [representative(c) + offset for c in clusters for _ in c[:repeats]]
 
 
 def spread_pick(items: list[int], n: int) -> list[int]:

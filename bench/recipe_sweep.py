@@ -1,0 +1,149 @@
+"""Sweep emulator recipes on one model and task: emulator zero-shot, emulator FT, plug-in, step time.
+
+The full-model references (zero-shot, and FT of the adapter blocks) are computed once and reused
+by every recipe; the block CKA matrix is computed once too. Results are written after every job,
+and jobs already in the output file are skipped, so a sweep can be stopped and resumed.
+
+    python -m bench.recipe_sweep --model zoo:smollm2 --steps 40 --n-test 150 \\
+        --jobs "ref-zs;crash,keep=8,share=none,lr=3e-4;ref-ft,lr=1e-3" --out bench/results/smollm2-sweep.json
+
+A job is `ref-zs`, `ref-ft[,lr=X]`, or `METHOD[,keep=K][,share=S][,clustering=C][,lr=X]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from emulator.blocks import get_blocks
+from emulator.data import load_task
+from emulator.derive import EmulatorOptions, block_similarity, derive_emulator
+from emulator.distill import text_rows
+from emulator.evaluate import accuracy
+from emulator.plugin import plug_in
+from emulator.reference import trainable_copy
+from emulator.train import peak_memory_mb, tune
+from emulator.zoo import load_model, public_texts
+
+
+def parse_job(text: str) -> dict:
+    """'crash,keep=8,share=none,lr=3e-4' as a dict with a canonical 'name'."""
+    kind, *pairs = [p.strip() for p in text.split(",") if p.strip()]
+    job: dict = {"kind": kind}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        job[key] = float(value) if key == "lr" else int(value) if key == "keep" else value
+    job["name"] = ",".join([kind, *pairs])
+    return job
+
+
+class Sweep:
+    """The model, data and cached references of one sweep; each job adds one row."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.full, self.tok = load_model(args.model)
+        self.train = load_task(args.task, "train")
+        self.test = load_task(args.task, "test")[: args.n_test]
+        self.calib = text_rows(self.tok, public_texts(args.calibration_texts))
+        n = len(get_blocks(self.full))
+        self.adapter = list(range(args.first)) + list(range(n - args.last, n))
+        self._sim: torch.Tensor | None = None
+        self.zero_shot: dict[str, float] = {}  # emulator zero-shot per layout, shared across lrs
+
+    @property
+    def sim(self) -> torch.Tensor:
+        """The block CKA matrix, computed on first use."""
+        cache = self.args.similarity
+        if self._sim is None and cache is not None and cache.exists():
+            self._sim = torch.load(cache)
+        if self._sim is None:
+            self._sim = block_similarity(self.full, self.calib)
+            if cache is not None:
+                torch.save(self._sim, cache)
+        return self._sim
+
+    def score(self, model) -> float:
+        """Accuracy (%) on the test slice."""
+        return accuracy(model, self.tok, self.test)
+
+    def fit(self, model, params, lr: float) -> dict:
+        """Tune for the sweep's steps; return loss and per-step seconds."""
+        stats = tune(model, self.tok, self.train, params, steps=self.args.steps, lr=lr,
+                     batch_size=self.args.batch_size, seed=self.args.seed)  # fmt: skip
+        return {"train_loss": stats.loss, "step_seconds": stats.seconds / stats.steps}
+
+    def run(self, job: dict) -> dict:
+        """One job's row."""
+        lr = job.get("lr", self.args.lr)
+        if job["kind"] == "ref-zs":
+            return {"full zero-shot": self.score(self.full)}
+        if job["kind"] == "ref-ft":
+            ref, params = trainable_copy(self.full, self.adapter)
+            row = self.fit(ref, params, lr)
+            return row | {"full FT (adapter)": self.score(ref), "lr": lr}
+        options = EmulatorOptions(
+            job["kind"], self.args.first, self.args.last, job.get("keep", self.args.keep),
+            clustering=job.get("clustering", "balanced"), share=job.get("share", "full"),
+        )  # fmt: skip
+        emu = derive_emulator(self.full, options, tokenizer=self.tok, similarity=self.sim)
+        key = json.dumps(emu.manifest.layout)
+        if key not in self.zero_shot:
+            self.zero_shot[key] = self.score(emu.model)
+        row = {"layout": emu.manifest.layout, "clusters": emu.manifest.clusters, "lr": lr,
+               "depth": len(emu.manifest.layout), "stored_blocks": len(emu.manifest.stored_blocks),
+               "emulator zero-shot": self.zero_shot[key]}  # fmt: skip
+        emu = copy.deepcopy(emu)
+        row |= self.fit(emu.model, emu.freeze_all_but_adapter(), lr)
+        row["emulator FT"] = self.score(emu.model)
+        row["plug-in"] = self.score(plug_in(self.full, emu.adapter_state_dict()))
+        return row
+
+
+def main() -> None:
+    """Run the jobs not yet in --out, writing the file after each."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="zoo:smollm2")
+    p.add_argument("--task", default="wn-category")
+    p.add_argument("--jobs", required=True, help="';'-separated jobs (see the module docstring)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--n-test", type=int, default=150)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--first", type=int, default=2)
+    p.add_argument("--last", type=int, default=2)
+    p.add_argument("--keep", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration-texts", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--similarity", type=Path, help="cache file of the block CKA matrix (read, or written once)"
+    )
+    p.add_argument("--out", type=Path, default=Path("bench/results/smollm2-sweep.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = {k: v for k, v in vars(args).items() if k not in ("jobs", "out", "threads", "similarity")}
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"settings": settings, "rows": {}}
+    if report["settings"] != settings:
+        raise SystemExit(f"{args.out} was written with other settings: {report['settings']}")
+    sweep = Sweep(args)
+    for job in map(parse_job, args.jobs.split(";")):
+        if job["name"] in report["rows"]:
+            continue
+        start = time.perf_counter()
+        row = sweep.run(job) | {"seconds": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb()}
+        report["rows"][job["name"]] = row
+        report["torch"], report["threads"] = torch.__version__, torch.get_num_threads()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        shown = {k: v for k, v in row.items() if k not in ("layout", "clusters")}
+        print(job["name"], json.dumps(shown), flush=True)
+
+
+if __name__ == "__main__":
+    main()

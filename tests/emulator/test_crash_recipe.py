@@ -1,0 +1,96 @@
+"""CRaSh recipe: balanced (size-bounded) clustering and the sharing modes full / partial:R / none."""
+
+import itertools
+
+import pytest
+import torch
+
+from emulator.crash import (
+    adjacent_clusters,
+    balanced_cap,
+    bounded_clusters,
+    share_repeats,
+    shared_layout,
+)
+from emulator.derive import EmulatorOptions, derive_emulator
+from emulator.plugin import plug_in
+from tests.conftest import tiny_model
+
+
+def _plateau(n: int, start: int, stop: int) -> torch.Tensor:
+    """A CKA-like matrix whose blocks start..stop-1 are nearly identical and the rest dissimilar."""
+    sim = torch.full((n, n), 0.3, dtype=torch.float64)
+    sim[start:stop, start:stop] = 0.99
+    sim.fill_diagonal_(1.0)
+    return sim
+
+
+def _longest_run(layout: list[int]) -> int:
+    return max(len(list(g)) for _, g in itertools.groupby(layout))
+
+
+def test_adjacent_merging_swallows_a_plateau_and_the_bound_stops_it():
+    sim = _plateau(26, 4, 24)  # like SmolLM2's middle: 20 similar blocks in a row
+    assert max(map(len, adjacent_clusters(sim, 6))) == 20
+    clusters = bounded_clusters(sim, 6, balanced_cap(26, 6))
+    assert max(map(len, clusters)) == 5 == balanced_cap(26, 6)
+    assert sum(clusters, []) == list(range(26))  # contiguous, in order, every block once
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_unbounded_clusters_equal_adjacent_merging(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 4 + seed % 9
+    sim = torch.rand(n, n, generator=gen, dtype=torch.float64)
+    sim = (sim + sim.T) / 2
+    for k in range(1, n + 1):
+        assert bounded_clusters(sim, k, n) == adjacent_clusters(sim, k)
+        bounded = bounded_clusters(sim, k, balanced_cap(n, k))
+        assert len(bounded) == k and max(map(len, bounded)) <= balanced_cap(n, k)
+
+
+def test_bound_too_small_to_cover_is_refused():
+    with pytest.raises(ValueError, match="cannot cover"):
+        bounded_clusters(_plateau(10, 0, 10), 3, 3)
+
+
+def test_share_modes_repeat_each_representative_at_most_r_times():
+    clusters = [[2, 3, 4], [5, 6], [7]]
+    assert shared_layout(clusters, repeats=share_repeats("full")) == [3, 3, 3, 5, 5, 7]
+    assert shared_layout(clusters, repeats=share_repeats("partial:2")) == [3, 3, 5, 5, 7]
+    assert shared_layout(clusters, repeats=share_repeats("none")) == [3, 5, 7]
+    for bad in ("partial", "partial:0", "half"):
+        with pytest.raises(ValueError, match="sharing mode"):
+            share_repeats(bad)
+
+
+@pytest.mark.parametrize(
+    ("clustering", "share", "depth", "longest"),
+    [
+        ("adjacent", "full", 12, 6),  # the collapse: one cluster of 6 run 6 times in a row
+        ("balanced", "full", 12, 3),
+        ("balanced", "partial:2", 10, 2),
+        ("balanced", "none", 7, 1),
+    ],
+)
+def test_derived_layouts_and_exact_plug_in(token_batch, clustering, share, depth, longest):
+    full = tiny_model("llama", layers=12)
+    sim = _plateau(12, 3, 10)  # middle blocks 2..9; 3..9 form the plateau
+    options = EmulatorOptions("crash", 2, 2, keep=3, clustering=clustering, share=share)
+    emu = derive_emulator(full, options, similarity=sim)
+    layout = emu.manifest.layout
+    assert len(layout) == depth and layout[:2] == [0, 1] and layout[-2:] == [10, 11]
+    assert _longest_run(layout[2:-2]) == longest and len(set(layout[2:-2])) == 3
+    assert emu.manifest.options["clustering"] == clustering and emu.manifest.options["share"] == share
+    ids, mask = token_batch
+    with torch.no_grad():
+        reference = full(input_ids=ids, attention_mask=mask).logits
+        plugged = plug_in(full, emu.adapter_state_dict())
+        assert torch.equal(plugged(input_ids=ids, attention_mask=mask).logits, reference)
+
+
+def test_unknown_clustering_or_share_is_refused():
+    with pytest.raises(ValueError, match="clustering"):
+        EmulatorOptions("crash", clustering="greedy").check(12)
+    with pytest.raises(ValueError, match="sharing mode"):
+        EmulatorOptions("crash", share="all").check(12)
