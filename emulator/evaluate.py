@@ -10,13 +10,16 @@ from torch import nn
 
 from emulator.data import Example
 
-# How task prompts meet a chat/instruct model's tokenizer: "auto" wraps them in its chat template
-# when it has one (instruct models are tuned on that format; the embedded zoo's tokenizers have none,
-# so their prompts stay as they are), "on" insists on a template, "off" never wraps.
+# How task prompts meet a chat/instruct model's tokenizer: "off" (the default) feeds them as they
+# are, "on" wraps each in the tokenizer's chat template (a user turn, then the assistant header),
+# "auto" wraps only when the tokenizer has a template. Off by default: task prompts are written as
+# completions ("...\nCategory:"), and on zoo:smollm2 raw prompts scored better zero-shot than wrapped
+# ones (docs/models.md) while costing fewer tokens; the embedded zoo's tokenizers have no template.
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+DEFAULT_CHAT_TEMPLATE = "off"
 
 
-def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
+def uses_chat_template(tokenizer, mode: str = DEFAULT_CHAT_TEMPLATE) -> bool:
     """Whether prompts are wrapped in the tokenizer's chat template under `mode` (auto | on | off)."""
     if mode not in CHAT_TEMPLATE_MODES:
         raise ValueError(f"chat-template must be one of {', '.join(CHAT_TEMPLATE_MODES)}; got {mode!r}")
@@ -26,7 +29,7 @@ def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
     return has if mode == "auto" else mode == "on"
 
 
-def prompt_text(tokenizer, prompt: str, mode: str = "auto") -> str:
+def prompt_text(tokenizer, prompt: str, mode: str = DEFAULT_CHAT_TEMPLATE) -> str:
     """The prompt as the model sees it: a user turn plus the assistant header, or unchanged."""
     if not uses_chat_template(tokenizer, mode):
         return prompt
@@ -34,12 +37,12 @@ def prompt_text(tokenizer, prompt: str, mode: str = "auto") -> str:
     return tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
 
 
-def answer_text(tokenizer, text: str, mode: str = "auto") -> str:
+def answer_text(tokenizer, text: str, mode: str = DEFAULT_CHAT_TEMPLATE) -> str:
     """A response or choice as it follows the prompt (no leading space after a chat header)."""
     return text.lstrip() if uses_chat_template(tokenizer, mode) else text
 
 
-def encode_prompts(tokenizer, prompts: list[str], mode: str = "auto") -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str], mode: str = DEFAULT_CHAT_TEMPLATE) -> list[list[int]]:
     """Token ids of each prompt (chat-wrapped per `mode`), without added special tokens."""
     return [
         tokenizer(prompt_text(tokenizer, p, mode), add_special_tokens=False)["input_ids"] for p in prompts
@@ -110,7 +113,9 @@ def next_token_logprobs(
     return torch.cat(out)
 
 
-def mc_accuracy(model: nn.Module, tokenizer, examples: list[Example], chat_template: str = "auto") -> float:
+def mc_accuracy(
+    model: nn.Module, tokenizer, examples: list[Example], chat_template: str = DEFAULT_CHAT_TEMPLATE
+) -> float:
     """Share of multiple-choice examples whose highest-likelihood choice is the answer (0..1)."""
     enc_prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples], chat_template)
     enc_choices = [
@@ -152,7 +157,7 @@ def greedy_continuations(
     prompts: list[str],
     max_new_tokens: int = 4,
     batch: int = 64,
-    chat_template: str = "auto",
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
 ) -> list[str]:
     """Greedy continuation of each prompt (chat-wrapped per `chat_template`), stopping at EOS or a newline."""
     prompts = [prompt_text(tokenizer, p, chat_template) for p in prompts]
@@ -181,7 +186,9 @@ def greedy_continuations(
     return outs
 
 
-def exact_match(model: nn.Module, tokenizer, examples: list[Example], chat_template: str = "auto") -> float:
+def exact_match(
+    model: nn.Module, tokenizer, examples: list[Example], chat_template: str = DEFAULT_CHAT_TEMPLATE
+) -> float:
     """Share of generation examples whose greedy continuation equals the target (whitespace-trimmed)."""
     preds = greedy_continuations(model, tokenizer, [e.prompt for e in examples], chat_template=chat_template)
     return sum(p.strip() == e.target.strip() for p, e in zip(preds, examples, strict=True)) / len(examples)
@@ -193,7 +200,7 @@ def accuracy(
     examples: list[Example],
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 64,
-    chat_template: str = "auto",
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
 ) -> float:
     """The task's metric in percent: MC accuracy or exact match, chosen by the examples' kind.
 

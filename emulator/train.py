@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from emulator.data import Example
-from emulator.evaluate import answer_text, prompt_text
+from emulator.evaluate import DEFAULT_CHAT_TEMPLATE, answer_text, prompt_text
 
 Progress = Callable[[int, int, float], None]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,7 +75,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def encode(
-    tokenizer, examples: list[Example], max_len: int = 96, chat_template: str = "auto"
+    tokenizer, examples: list[Example], max_len: int = 96, chat_template: str = DEFAULT_CHAT_TEMPLATE
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels per example: prompt tokens masked (-100), response + EOS supervised.
 
@@ -214,7 +214,7 @@ def tune(
     weight_decay: float = 0.0,
     progress: Progress | None = None,
     precision: str = "fp32",
-    chat_template: str = "auto",
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
 ) -> TrainStats:
     """Tune `params` of `model` on examples for `steps` AdamW steps (linear warmup, cosine decay).
 

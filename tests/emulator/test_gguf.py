@@ -160,13 +160,14 @@ def test_chat_template_wraps_prompts_only_where_the_tokenizer_has_one(base, gguf
     _, plain = base
     _, chat = load_model(str(gguf_file))
     ex = [Example("dog: a pet.\nCategory:", (" animal", " plant"), 0)]
-    assert not uses_chat_template(plain) and prompt_text(plain, ex[0].prompt) == ex[0].prompt
-    assert encode(plain, ex) == encode(plain, ex, chat_template="off")  # zoo:base: unchanged
+    assert not uses_chat_template(plain, "auto") and prompt_text(plain, ex[0].prompt, "auto") == ex[0].prompt
+    assert encode(plain, ex) == encode(plain, ex, chat_template="auto")  # zoo:base: unchanged
     with pytest.raises(ValueError, match="has no chat template"):
         prompt_text(plain, "x", "on")
-    wrapped = prompt_text(chat, ex[0].prompt)
+    assert not uses_chat_template(chat) and uses_chat_template(chat, "auto")  # off unless asked
+    wrapped = prompt_text(chat, ex[0].prompt, "auto")
     assert wrapped == "<|bos|>user\ndog: a pet.\nCategory:<|eos|>\n<|bos|>assistant\n"
-    ids, labels = encode(chat, ex)[0]
+    ids, labels = encode(chat, ex, chat_template="on")[0]
     response = [t for t in labels if t != -100]
     assert chat.decode(response) == "animal<|eos|>"  # no leading space after the assistant header
-    assert encode(chat, ex, chat_template="off") == encode(plain, ex)
+    assert encode(chat, ex) == encode(plain, ex)

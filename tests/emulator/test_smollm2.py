@@ -67,8 +67,8 @@ def test_emulator_of_smollm2_plugs_in_exactly_and_tunes(smollm2):
         plugged = plug_in(full, emu.adapter_state_dict())
         assert torch.equal(plugged(input_ids=ids).logits, full(input_ids=ids).logits)
     examples = load_task("wn-category", "train")[:8]
-    assert uses_chat_template(tok)  # an instruct model: prompts go in as a user turn
-    ids0, labels0 = encode(tok, examples[:1])[0]
+    assert uses_chat_template(tok, "auto")  # an instruct model: with the option, prompts go in as a user turn
+    ids0, labels0 = encode(tok, examples[:1], chat_template="on")[0]
     assert ids0[0] == tok.convert_tokens_to_ids("<|im_start|>") and labels0[-1] == tok.eos_token_id
     before = {k: v.clone() for k, v in emu.adapter_state_dict().items()}
     stats = tune(emu.model, tok, examples, emu.freeze_all_but_adapter(), steps=2, batch_size=4, lr=1e-4)
