@@ -13,7 +13,12 @@ instance can be built (encoder-decoder or multimodal classes, kernels this machi
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = 6
 VOCAB = 128
 SEQ = 12
+MAX_PARAMS = 3_000_000
 
 # One tiny shape for every family; keys a config class does not know are not passed to it.
 TINY: dict[str, object] = {
@@ -132,9 +138,14 @@ def tiny_model(family: str, seed: int = 0) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(family)
-    torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Count on the meta device first: a default left large somewhere would take gigabytes.
+        with torch.device("meta"):
+            size = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if size > MAX_PARAMS:
+            raise ValueError(f"the tiny {family} config still has {size:,} parameters; add EXTRA fields")
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
@@ -144,3 +155,252 @@ def families() -> list[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+# --- the checks (tests/emulator/test_families.py runs the same ones, one test each) -------------
+
+CHECKS = ("plug-in uniform", "plug-in crash", "lora", "config per position", "save/load", "cached decoding")
+
+
+def token_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed (4, SEQ) batch of ids with one right-padded row, and its attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (4, SEQ), generator=g)
+    mask = torch.ones_like(ids)
+    mask[3, SEQ - 4 :] = 0
+    ids[3, SEQ - 4 :] = 0
+    return ids, mask
+
+
+def emulator_options():
+    """The two layouts every family is checked with: uniform drops blocks, CRaSh shares them."""
+    from emulator.derive import EmulatorOptions
+
+    # Uniform keeps blocks [0, 1, 3, 4, 5]: position 2 runs block 3, so per-layer types shift.
+    return {
+        "uniform": EmulatorOptions("uniform", first=1, last=1, keep=3),
+        "crash": EmulatorOptions("crash", first=1, last=1, keep=2),
+    }
+
+
+def logits(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Full-sequence logits without a cache."""
+    ids, mask = batch
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+class Family:
+    """A tiny model of one family with its uniform and CRaSh emulators (built once, not modified)."""
+
+    def __init__(self, family: str):
+        from emulator.derive import derive_emulator
+
+        self.family = family
+        self.full = tiny_model(family)
+        self.batch = token_batch()
+        self.emulators = {
+            name: derive_emulator(self.full, opts, calibration=self.batch)
+            for name, opts in emulator_options().items()
+        }
+
+
+def check_plug_in(fam: Family, method: str) -> None:
+    """An untouched adapter plugged back into the full model leaves its logits bit-identical."""
+    from emulator.plugin import plug_in
+
+    plugged = plug_in(fam.full, fam.emulators[method].adapter_state_dict())
+    assert torch.equal(logits(plugged, fam.batch), logits(fam.full, fam.batch)), "logits moved"
+
+
+def _tuned_lora(emu, rank: int = 2):
+    from emulator.plugin import add_lora
+
+    peft_emu = add_lora(copy.deepcopy(emu.model), emu.manifest.adapter_positions, rank)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in peft_emu.named_parameters():
+            if "lora_B" in name:  # as if tuned: B starts at zero, so LoRA is a no-op until trained
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return peft_emu.eval()
+
+
+def check_lora(fam: Family, method: str = "uniform", rank: int = 2) -> None:
+    """LoRA tuned on the emulator lands on the same blocks of the full model and merges exactly."""
+    from emulator.plugin import attach_adapter, lora_state, plug_in_lora
+
+    emu = fam.emulators[method]
+    peft_emu = _tuned_lora(emu, rank)
+    state = lora_state(peft_emu, emu.manifest.layout)
+    assert {int(k.split(".")[1]) for k in state} == set(emu.manifest.adapter_blocks)
+    again = attach_adapter(copy.deepcopy(emu), state, rank).eval()
+    assert torch.equal(logits(again, fam.batch), logits(peft_emu, fam.batch)), "emulator LoRA round trip"
+    plugged = plug_in_lora(fam.full, state, rank).eval()
+    assert all(torch.equal(v, lora_state(plugged)[k]) for k, v in state.items()), "LoRA keys moved"
+    tuned, base = logits(plugged, fam.batch), logits(fam.full, fam.batch)
+    assert not torch.allclose(tuned, base), "plugged-in LoRA changed nothing"
+    merged = copy.deepcopy(plugged).merge_and_unload().eval()
+    assert torch.allclose(logits(merged, fam.batch), tuned, atol=1e-5, rtol=1e-4), "merged != unmerged"
+
+
+def check_config_per_position(fam: Family, method: str = "crash") -> str | None:
+    """A fresh model built from the emulator's own config, given its weights, computes the same logits.
+
+    This holds only if the config says what each position runs (sliding or full attention, ...).
+    Returns a note when the family's blocks cannot be rebuilt from a re-indexed config.
+    """
+    from transformers import AutoModelForCausalLM
+
+    emu = fam.emulators[method]
+    torch.manual_seed(0)
+    fresh = AutoModelForCausalLM.from_config(copy.deepcopy(emu.model.config), dtype=torch.float32).eval()
+    expected = {k: tuple(v.shape) for k, v in emu.model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in fresh.state_dict().items()} != expected:
+        return "blocks follow an index rule the config cannot re-index (rebuilt from the full config)"
+    fresh.load_state_dict(emu.model.state_dict())
+    fresh.tie_weights()
+    assert torch.allclose(logits(fresh, fam.batch), logits(emu.model, fam.batch), atol=1e-6), (
+        "the emulator's config does not describe what its positions run"
+    )
+    return None
+
+
+def check_save_load(fam: Family, method: str = "crash") -> None:
+    """A saved and reloaded emulator computes the same logits, and still shares its repeated blocks."""
+    from emulator.emulator import load_emulator
+
+    emu = fam.emulators[method]
+    with tempfile.TemporaryDirectory() as tmp:
+        emu.save(tmp)
+        loaded = load_emulator(tmp)
+    assert loaded.manifest.layout == emu.manifest.layout
+    assert torch.equal(logits(loaded.model, fam.batch), logits(emu.model, fam.batch)), "logits changed"
+    stored = sum(p.numel() for p in loaded.model.parameters())
+    assert stored == sum(p.numel() for p in emu.model.parameters()), "shared blocks were untied"
+
+
+def check_cached_decoding(fam: Family, method: str = "crash", new_tokens: int = 6) -> None:
+    """Greedy decoding with a KV cache gives the tokens and logits of decoding without one."""
+    model = fam.emulators[method].model
+    ids = fam.batch[0][:2, :6]
+    runs = {}
+    with torch.no_grad():
+        for use_cache in (True, False):
+            runs[use_cache] = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
+    assert torch.equal(runs[True].sequences, runs[False].sequences), "cached decoding chose other tokens"
+    for a, b in zip(runs[True].logits, runs[False].logits, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), "cached logits differ from recomputation"
+
+
+def run_checks(fam: Family) -> list[str]:
+    """Run every check on one family; returns notes (checks that did not apply). Raises on failure."""
+    notes = []
+    for name, check in (
+        ("plug-in uniform", lambda: check_plug_in(fam, "uniform")),
+        ("plug-in crash", lambda: check_plug_in(fam, "crash")),
+        ("lora", lambda: check_lora(fam)),
+        ("config per position", lambda: check_config_per_position(fam)),
+        ("save/load", lambda: check_save_load(fam)),
+        ("cached decoding", lambda: check_cached_decoding(fam)),
+    ):
+        try:
+            note = check()
+        except Exception as e:
+            raise CheckFailed(f"{name}: {type(e).__name__}: {_short(e)}") from e
+        if note:
+            notes.append(f"{name}: {note}")
+    return notes
+
+
+class CheckFailed(AssertionError):
+    """One of the coverage checks failed for a family."""
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def try_family(family: str) -> dict:
+    """Build one family and run the checks: a row with status covered / refused / skipped / failed."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from emulator.blocks import UnsupportedArchitectureError, paths_for
+
+    row = {"family": family, "class": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family, "")}
+    start = time.perf_counter()
+    if family in SKIP:
+        return {**row, "status": "skipped", "reason": SKIP[family]}
+    try:
+        fam_model = tiny_model(family)
+        fam_model(input_ids=token_batch()[0][:1])
+    except Exception as e:
+        return {**row, "status": "skipped", "reason": f"no tiny text-only instance: {_short(e)}"}
+    try:
+        paths = paths_for(fam_model)
+    except UnsupportedArchitectureError as e:
+        return {**row, "status": "refused", "reason": str(e)}
+    row["blocks"] = paths.blocks
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            notes = run_checks(Family(family))
+    except Exception as e:
+        return {**row, "status": "failed", "reason": _short(e, 300), "seconds": _since(start)}
+    return {**row, "status": "covered", "reason": "; ".join(notes), "seconds": _since(start)}
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def covered_families(path: Path = RESULTS / "coverage.json") -> list[str]:
+    """Families the committed coverage run found covered."""
+    rows = json.loads(path.read_text())["families"]
+    return [r["family"] for r in rows if r["status"] == "covered"]
+
+
+def refused_families(path: Path = RESULTS / "coverage.json") -> list[str]:
+    """Families the committed coverage run found refused by emulator.blocks."""
+    rows = json.loads(path.read_text())["families"]
+    return [r["family"] for r in rows if r["status"] == "refused"]
+
+
+def main(argv: list[str]) -> int:
+    """Try the named families (default: all), print the table, write the JSON for a full run."""
+    import transformers
+
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    names = argv or families()
+    rows = []
+    for name in names:
+        row = try_family(name)
+        rows.append(row)
+        print(f"{name:28s} {row['status']:8s} {row.get('reason', '')[:150]}", flush=True)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("covered", "refused", "skipped", "failed")}
+    print(f"\n{counts['covered']}/{len(rows)} covered; " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if not argv:
+        RESULTS.mkdir(exist_ok=True)
+        data = {
+            "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+            "shape": {"layers": LAYERS, "vocab": VOCAB, "hidden": TINY["hidden_size"], "seq": SEQ},
+            "summary": {"tried": len(rows), **counts},
+            "families": rows,
+        }
+        (RESULTS / "coverage.json").write_text(json.dumps(data, indent=2) + "\n")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

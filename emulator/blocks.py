@@ -1,19 +1,23 @@
-"""Architecture registry: where a causal LM keeps its decoder blocks, embeddings, final norm and head.
+"""Where a causal LM keeps its decoder blocks, embeddings, final norm and head, found from its structure.
 
-Everything that edits a model by block (emulators, plug-in, LoRA placement) goes through here,
-so a new architecture is one entry, and block identity is always an index, never a list position
-of parameters.
+Everything that edits a model by block (emulators, plug-in, LoRA placement) goes through here, so
+block identity is always an index, never a list position of parameters. The block list is the one
+`nn.ModuleList` whose length is the config's layer count; embeddings and head come from
+`get_input_embeddings()` / `get_output_embeddings()`; the final norm is the norm beside the block
+list; LoRA targets are the block's own linear layers. `REGISTRY` only overrides what the structure
+gets wrong, and `REFUSED` names families that are known not to work, with the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 
 class UnsupportedArchitectureError(ValueError):
-    """The model's architecture has no entry in the block registry."""
+    """The model cannot be split into decoder blocks the emulator can rebuild (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -21,49 +25,47 @@ class BlockPaths:
     """Dotted attribute paths, from the *ForCausalLM module, to the parts emulators touch."""
 
     blocks: str
+    # The input (token) embedding first, then other embeddings outside the blocks (positions, ...).
     embeddings: tuple[str, ...]
-    final_norm: str
+    # None for post-norm models that end on their last block (BERT-style, GPT-1).
+    final_norm: str | None
     head: str
     # Linear-layer names inside a block that LoRA targets by default.
     lora_targets: tuple[str, ...]
 
 
-_LLAMA = BlockPaths(
-    blocks="model.layers",
-    embeddings=("model.embed_tokens",),
-    final_norm="model.norm",
-    head="lm_head",
-    lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-)
+# Per-family corrections to what the structure search finds (BlockPaths field -> value).
+REGISTRY: dict[str, dict[str, object]] = {}
 
-REGISTRY: dict[str, BlockPaths] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "gemma": _LLAMA,
-    "gpt2": BlockPaths(
-        blocks="transformer.h",
-        embeddings=("transformer.wte", "transformer.wpe"),
-        final_norm="transformer.ln_f",
-        head="lm_head",
-        lora_targets=("c_attn", "c_proj", "c_fc"),
-    ),
-    "opt": BlockPaths(
-        blocks="model.decoder.layers",
-        embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
-        final_norm="model.decoder.final_layer_norm",
-        head="lm_head",
-        lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-    ),
-    "gpt_neox": BlockPaths(
-        blocks="gpt_neox.layers",
-        embeddings=("gpt_neox.embed_in",),
-        final_norm="gpt_neox.final_layer_norm",
-        head="lm_head",
-        lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-    ),
-}
+# Families the structure search would accept but whose emulators would be wrong, and why.
+REFUSED: dict[str, str] = {}
+
+# Config attributes that hold the number of decoder blocks, most common first.
+LAYER_COUNT_NAMES = (
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+    "num_blocks",
+)
+FINAL_NORM_NAMES = (
+    "norm",
+    "ln_f",
+    "final_layer_norm",
+    "final_layernorm",
+    "norm_f",
+    "final_norm",
+    "ln_out",
+    "layer_norm",
+    "layernorm",
+)
+MULTIMODAL_CONFIGS = ("vision_config", "audio_config", "speech_config", "vision_tower_config")
+_CACHE_ATTR = "_offsite_block_paths"
+# Per-layer index lists: names like mlp_only_layers, full_attn_idxs, hybrid_layer_ids.
+_INDEX_LIST = re.compile(r"(layers|layer_ids|layer_idx|layer_indices|idxs|indices)$")
+_NOT_PER_LAYER = re.compile(r"(token_id|architectures|label|suppress|bad_words)")
 
 
 def model_type(model: nn.Module) -> str:
@@ -82,15 +84,145 @@ def unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def text_config(config):
+    """The config that describes the decoder stack (the text sub-config of a composite config)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _configs(config) -> list:
+    text = text_config(config)
+    return [config] if text is config else [text, config]
+
+
+def layer_count(config) -> int | None:
+    """The number of decoder blocks a config declares, under whichever name it uses."""
+    for cfg in _configs(config):
+        for name in LAYER_COUNT_NAMES:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def _refuse(base: nn.Module, reason: str) -> UnsupportedArchitectureError:
+    mt = getattr(getattr(base, "config", None), "model_type", None)
+    return UnsupportedArchitectureError(
+        f"model type {mt!r} ({type(base).__name__}) is not supported: {reason}"
+    )
+
+
+def _check_family(base: nn.Module) -> None:
+    config = base.config
+    if config.model_type in REFUSED:
+        raise _refuse(base, REFUSED[config.model_type])
+    if getattr(config, "is_encoder_decoder", False):
+        raise _refuse(base, "encoder-decoder models have no single decoder block stack to emulate")
+    towers = [k for k in MULTIMODAL_CONFIGS if getattr(config, k, None) is not None]
+    if towers:
+        raise _refuse(base, f"multimodal ({', '.join(towers)}); use the family's text-only causal LM")
+
+
+def _size(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _find_blocks(base: nn.Module) -> str:
+    lists = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0 and n]
+    count = layer_count(base.config)
+    found = [(n, m) for n, m in lists if len(m) == count]
+    if not found:
+        # No usable layer count: the biggest list of same-class modules is the block stack.
+        found = [(n, m) for n, m in lists if len(m) >= 2 and len({type(c) for c in m}) == 1]
+    if not found:
+        raise _refuse(base, f"no decoder block list found (no nn.ModuleList of {count} blocks)")
+    name, _ = max(found, key=lambda item: (_size(item[1]), -item[0].count(".")))
+    return name
+
+
+def _name_of(base: nn.Module, module: nn.Module | None) -> str | None:
+    if module is None:
+        return None
+    return next((n for n, m in base.named_modules() if m is module), None)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+
+
+def _find_final_norm(base: nn.Module, blocks: str) -> str | None:
+    parent_path, _, attr = blocks.rpartition(".")
+    parent = get_path(base, parent_path) if parent_path else base
+    children = list(parent.named_children())
+    norms = [(n, m) for n, m in children if n != attr and _is_norm(m)]
+    if not norms:
+        return None
+    by_name = {n: m for n, m in norms}
+    prefix = f"{parent_path}." if parent_path else ""
+    for name in FINAL_NORM_NAMES:
+        if name in by_name:
+            return prefix + name
+    # Otherwise the first norm registered after the blocks, skipping embedding norms.
+    order = [n for n, _ in children]
+    after = [n for n, _ in norms if order.index(n) > order.index(attr) and "emb" not in n]
+    return prefix + after[0] if after else None
+
+
+def _extra_embeddings(base: nn.Module, blocks: str, first: str, head: str) -> list[str]:
+    out = []
+    for name, module in base.named_modules():
+        inside = name.startswith(blocks + ".") or name in (first, head)
+        if isinstance(module, nn.Embedding) and not inside:
+            out.append(name)
+    return out
+
+
+def _is_lora_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def lora_target_names(blocks: nn.ModuleList) -> tuple[str, ...]:
+    """Leaf names of the plain linear (and GPT-2 Conv1D) layers inside the blocks, first seen first."""
+    names: dict[str, None] = {}
+    for block in blocks:
+        for name, module in block.named_modules():
+            if name and _is_lora_linear(module):
+                names.setdefault(name.rsplit(".", 1)[-1], None)
+    return tuple(names)
+
+
+def discover(model: nn.Module) -> BlockPaths:
+    """Find a causal LM's block list, embeddings, final norm, head and LoRA targets from its structure."""
+    base = unwrap(model)
+    model_type(base)
+    _check_family(base)
+    blocks = _find_blocks(base)
+    first = _name_of(base, base.get_input_embeddings()) if hasattr(base, "get_input_embeddings") else None
+    if first is None:
+        raise _refuse(base, "no input embeddings (get_input_embeddings() found nothing)")
+    head = _name_of(base, base.get_output_embeddings())
+    if head is None:
+        raise _refuse(base, "no output head (get_output_embeddings() found nothing)")
+    paths = BlockPaths(
+        blocks=blocks,
+        embeddings=(first, *_extra_embeddings(base, blocks, first, head)),
+        final_norm=_find_final_norm(base, blocks),
+        head=head,
+        lora_targets=lora_target_names(get_path(base, blocks)),
+    )
+    return replace(paths, **REGISTRY.get(base.config.model_type, {}))
+
+
 def paths_for(model: nn.Module) -> BlockPaths:
-    """Registry entry for a model, or a clear error naming the unsupported architecture."""
-    mt = model_type(model)
-    if mt not in REGISTRY:
-        raise UnsupportedArchitectureError(
-            f"architecture {mt!r} ({type(unwrap(model)).__name__}) is not supported; "
-            f"supported: {', '.join(sorted(REGISTRY))}. Add an entry to emulator.blocks.REGISTRY."
-        )
-    return REGISTRY[mt]
+    """A model's block paths (found once, then kept on the model), or a clear error saying why not."""
+    base = unwrap(model)
+    cached = base.__dict__.get(_CACHE_ATTR)
+    if cached is not None and isinstance(_get_or_none(base, cached.blocks), nn.ModuleList):
+        return cached
+    paths = discover(base)
+    # A plain attribute, so deep copies (emulator shells) keep it even with an emptied block list.
+    base.__dict__[_CACHE_ATTR] = paths
+    return paths
 
 
 def get_path(root: nn.Module, dotted: str) -> nn.Module:
@@ -101,19 +233,88 @@ def get_path(root: nn.Module, dotted: str) -> nn.Module:
     return obj
 
 
+def _get_or_none(root: nn.Module, dotted: str):
+    try:
+        return get_path(root, dotted)
+    except AttributeError:
+        return None
+
+
 def get_blocks(model: nn.Module) -> nn.ModuleList:
     """The decoder block list of a causal LM (length L)."""
     return get_path(unwrap(model), paths_for(model).blocks)
 
 
 def set_blocks(model: nn.Module, blocks: list[nn.Module], layer_types: list[str] | None = None) -> None:
-    """Replace the decoder block list; keep config.num_hidden_layers (and layer_types) in step."""
+    """Replace the decoder block list; keep the config's layer count (and layer_types) in step."""
     base = unwrap(model)
     parent_path, _, attr = paths_for(model).blocks.rpartition(".")
-    setattr(get_path(base, parent_path), attr, nn.ModuleList(blocks))
-    base.config.num_hidden_layers = len(blocks)
+    setattr(get_path(base, parent_path) if parent_path else base, attr, nn.ModuleList(blocks))
+    _set_layer_count(base.config, len(blocks))
     if layer_types is not None:
-        base.config.layer_types = list(layer_types)
+        text_config(base.config).layer_types = list(layer_types)
+
+
+def _set_layer_count(config, n: int) -> None:
+    old = layer_count(config)
+    for cfg in _configs(config):
+        for name in LAYER_COUNT_NAMES:
+            if getattr(cfg, name, None) == old:
+                setattr(cfg, name, n)
+
+
+def _per_layer(name: str, value, n: int) -> bool:
+    if len(value) != n:
+        return False
+    if isinstance(value, str):
+        return "pattern" in name or "layer" in name or "type" in name
+    return not _is_index_list(name, value, n)
+
+
+def _is_index_list(name: str, value, n: int) -> bool:
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not (_INDEX_LIST.search(name) and ints and all(0 <= v < n for v in value)):
+        return False
+    return len(value) != n or sorted(value) == list(range(n))
+
+
+def _select_fields(fields: dict, source: dict, layout: list[int], n: int) -> None:
+    for name, value in source.items():
+        if not isinstance(name, str) or _NOT_PER_LAYER.search(name):
+            continue
+        if isinstance(value, dict):
+            if isinstance(fields.get(name), dict):
+                _select_fields(fields[name], value, layout, n)
+        elif isinstance(value, (list, tuple, str)) and _per_layer(name, value, n):
+            picked = [value[i] for i in layout]
+            fields[name] = "".join(picked) if isinstance(value, str) else type(value)(picked)
+        elif isinstance(value, (list, tuple)) and value and _is_index_list(name, value, n):
+            members = set(value)
+            fields[name] = type(value)(p for p, b in enumerate(layout) if b in members)
+
+
+def select_layers(config, layout: list[int], source=None) -> None:
+    """Make `config` describe a model whose position p runs block layout[p] of `source` (default: itself).
+
+    Per-layer lists (layer_types, per-layer flags, pattern strings) are re-indexed by the layout;
+    lists of layer indices (mlp_only_layers, full_attn_idxs, ...) name the positions whose block
+    was in them. Rules computed from an index (first_k_dense_replace, decoder_sparse_step) cannot
+    be re-indexed; the blocks themselves still carry the structure they were built with.
+    """
+    source = config if source is None else source
+    n = layer_count(source)
+    for cfg, src in zip(_configs(config), _configs(source), strict=True):
+        values = {k: getattr(src, k) for k in src.to_dict() if hasattr(src, k)}
+        fields = {k: _copy_tree(v) for k, v in values.items()}
+        _select_fields(fields, values, layout, n)
+        for name, value in fields.items():
+            if value != values[name]:
+                setattr(cfg, name, value)
+    _set_layer_count(config, len(layout))
+
+
+def _copy_tree(value):
+    return {k: _copy_tree(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def num_blocks(model: nn.Module) -> int:

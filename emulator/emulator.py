@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,11 +21,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from emulator.blocks import get_blocks, paths_for, set_blocks, set_layer_index
+from emulator.blocks import (
+    get_blocks,
+    get_path,
+    paths_for,
+    select_layers,
+    set_blocks,
+    set_layer_index,
+    text_config,
+)
 from protocols.hashing import hash_directory, hash_state_dict
 
 MANIFEST = "manifest.json"
 WEIGHTS = "emulator.safetensors"
+SOURCE_CONFIG = "source_config.json"
+SOURCE_ATTR = "_offsite_source_config"
 FORMAT_VERSION = 1
 
 
@@ -54,51 +66,76 @@ class Manifest:
         return [p for p, b in enumerate(self.layout) if b in self.adapter_blocks]
 
 
-def tied_clone(block: nn.Module) -> nn.Module:
+def tied_clone(block: nn.Module, memo: dict | None = None) -> nn.Module:
     """A new module object that shares every parameter and buffer tensor with `block`."""
-    memo = {id(t): t for t in list(block.parameters()) + list(block.buffers())}
+    memo = dict(memo or {})
+    memo.update({id(t): t for t in list(block.parameters()) + list(block.buffers())})
     return copy.deepcopy(block, memo)
 
 
 def _shell_copy(model: nn.Module) -> nn.Module:
     """Deep-copy a model without its blocks (so copying a big model does not double its memory)."""
-    blocks = list(get_blocks(model))
-    layer_types = getattr(model.config, "layer_types", None)
-    set_blocks(model, [])
+    parent_path, _, attr = paths_for(model).blocks.rpartition(".")
+    parent = get_path(model, parent_path) if parent_path else model
+    blocks = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList())
     try:
         shell = copy.deepcopy(model)
     finally:
-        set_blocks(model, blocks, layer_types)
+        setattr(parent, attr, blocks)
     return shell
+
+
+def _config_memo(old, new) -> dict[int, object]:
+    """Deep-copy memo that points copied blocks at the new model's config (and its text config)."""
+    return {id(o): n for o, n in zip(_config_objects(old), _config_objects(new), strict=True)}
+
+
+def _config_objects(config) -> list:
+    text = text_config(config)
+    return [config] if text is config else [config, text]
 
 
 def assemble(
     model: nn.Module,
     layout: list[int],
-    source_blocks: list[nn.Module] | None = None,
-    source_layer_types: list[str] | None = None,
+    source_blocks: Mapping[int, nn.Module] | list[nn.Module | None] | None = None,
+    source_config=None,
 ) -> nn.Module:
     """Build a model whose position p runs block layout[p]; repeated indices share weights.
 
-    `source_blocks` are indexed by full-model block index (defaults to `model`'s own blocks).
-    Per-layer attention types (sliding/full) follow the block they run. The result is a new
-    module; `model` is left unchanged.
+    `source_blocks` are indexed by full-model block index (defaults to `model`'s own blocks) and
+    `source_config` describes them (defaults to `model.config`). The new model's config follows
+    the layout: per-layer fields (layer_types: sliding or full attention, ...) at position p are
+    those of block layout[p], and the copied blocks read that config. `model` is left unchanged.
     """
     blocks_src = list(get_blocks(model)) if source_blocks is None else source_blocks
-    types = source_layer_types or getattr(model.config, "layer_types", None)
     shell = _shell_copy(model)
+    select_layers(shell.config, layout, source=source_config or model.config)
+    memo = _config_memo(model.config, shell.config)
+    keep = {id(c): c for c in _config_objects(shell.config)}
     owned: dict[int, nn.Module] = {}
     new_blocks = []
     for pos, src in enumerate(layout):
         if src not in owned:
-            owned[src] = copy.deepcopy(blocks_src[src])
+            owned[src] = copy.deepcopy(blocks_src[src], dict(memo))
             block = owned[src]
         else:
-            block = tied_clone(owned[src])
+            block = tied_clone(owned[src], keep)
         set_layer_index(block, pos)
         new_blocks.append(block)
-    set_blocks(shell, new_blocks, [types[src] for src in layout] if types else None)
+    set_blocks(shell, new_blocks)
+    # Kept so save() can record it: load_emulator rebuilds each block from it at its own index.
+    shell.__dict__[SOURCE_ATTR] = copy.deepcopy(source_config or model.config)
     return shell
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a module holds by name: its state dict plus non-persistent buffers (rotary tables, masks)."""
+    out = dict(model.state_dict())
+    for name, buf in model.named_buffers(remove_duplicate=False):
+        out.setdefault(name, buf)
+    return out
 
 
 def state_dict_hash(model: nn.Module) -> str:
@@ -165,11 +202,11 @@ class Emulator:
         blocks_attr = paths_for(self.model).blocks
         tensors = {
             k: v.detach().contiguous()
-            for k, v in self.model.state_dict().items()
+            for k, v in model_tensors(self.model).items()
             if not k.startswith(blocks_attr + ".")
         }
         for src in self.manifest.stored_blocks:
-            for name, t in blocks[first[src]].state_dict().items():
+            for name, t in model_tensors(blocks[first[src]]).items():
                 tensors[f"blocks.{src}.{name}"] = t.detach().contiguous()
         # Tied embeddings/head would be saved twice otherwise; safetensors refuses shared storage.
         seen: dict[int, str] = {}
@@ -180,6 +217,9 @@ class Emulator:
             seen[ptr] = k
         save_file(tensors, str(out / WEIGHTS), metadata={"format": "offsite-emulator"})
         self.model.config.save_pretrained(out)
+        source = self.model.__dict__.get(SOURCE_ATTR)
+        if source is not None:
+            source.to_json_file(out / SOURCE_CONFIG)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
         self.manifest.emulator_hash = ""
@@ -229,34 +269,30 @@ def load_emulator(directory: str | Path, verify: bool = True, dtype: torch.dtype
                 f"({digest[:12]} != {manifest.emulator_hash[:12]}): files changed or incomplete"
             )
     config = AutoConfig.from_pretrained(directory)
-    saved_types = getattr(config, "layer_types", None)
-    source_types = None
-    if saved_types:
-        source_types = {src: t for src, t in zip(manifest.layout, saved_types, strict=True)}
-        config.layer_types = saved_types[:1]
-    config.num_hidden_layers = 1
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    source = None
+    if (directory / SOURCE_CONFIG).exists():
+        source = type(config).from_json_file(str(directory / SOURCE_CONFIG))
+    # Blocks are rebuilt from the full model's config at their own index when it was saved (so
+    # index rules such as "the first k blocks are dense" hold); else from the emulator's config
+    # at the position that first runs them.
+    first = {}
+    for pos, src in enumerate(manifest.layout):
+        first.setdefault(src, pos)
+    key = (lambda src: src) if source is not None else first.__getitem__
+    skeleton_config = source if source is not None else config
+    stored = manifest.stored_blocks
+    model = _skeleton(skeleton_config, [key(s) for s in stored], dtype)
     tensors = load_file(str(directory / WEIGHTS))
-    block_proto = get_blocks(model)[0]
-    sources: dict[int, nn.Module] = {}
-    for src in manifest.stored_blocks:
-        block = copy.deepcopy(block_proto)
-        prefix = f"blocks.{src}."
-        block.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        sources[src] = block
-    index = [sources.get(i) for i in range(manifest.num_source_blocks)]
-    blocks_attr = paths_for(model).blocks
-    rest = {k: v for k, v in tensors.items() if not k.startswith("blocks.")}
-    types = (
-        [source_types.get(i, saved_types[0]) for i in range(manifest.num_source_blocks)]
-        if source_types
-        else None
+    _fill(model, tensors, stored, lambda: _reference(config, [first[s] for s in stored], dtype))
+    blocks = get_blocks(model)
+    built = assemble(
+        model,
+        [key(s) for s in manifest.layout],
+        source_blocks={key(s): blocks[j] for j, s in enumerate(stored)},
+        source_config=skeleton_config,
     )
-    built = assemble(model, manifest.layout, source_blocks=index, source_layer_types=types)
-    missing, unexpected = built.load_state_dict(rest, strict=False)
-    missing = [k for k in missing if not k.startswith(blocks_attr + ".")]
-    if missing or unexpected:
-        raise ValueError(f"emulator weights incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if source is None:
+        del built.__dict__[SOURCE_ATTR]  # its "source" is the emulator's own positions, not the full model
     built.tie_weights()
     built.to(dtype)
     built.eval()
@@ -266,3 +302,45 @@ def load_emulator(directory: str | Path, verify: bool = True, dtype: torch.dtype
 
         tokenizer = AutoTokenizer.from_pretrained(directory)
     return Emulator(built, manifest, tokenizer)
+
+
+def _skeleton(config, keep: list[int], dtype: torch.dtype) -> nn.Module:
+    """The model of `config` with only blocks `keep`, allocated but not initialised (weights come from a file)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
+    blocks = get_blocks(model)
+    set_blocks(model, [blocks[i] for i in keep])
+    return model.to_empty(device="cpu")
+
+
+def _reference(config, positions: list[int], dtype: torch.dtype) -> nn.Module:
+    """A randomly initialised model of the emulator's config at `positions`: constants older files lack."""
+    config = copy.deepcopy(config)
+    select_layers(config, positions)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], stored: list[int], reference) -> None:
+    """Copy every saved tensor into `model` (block j holds stored[j]); borrow unsaved buffers from `reference()`."""
+    blocks_attr = paths_for(model).blocks
+    pattern = re.compile(rf"^{re.escape(blocks_attr)}\.(\d+)\.(.+)$")
+    ref, missing, used = None, [], set()
+    for name, target in model_tensors(model).items():
+        m = pattern.match(name)
+        key = f"blocks.{stored[int(m.group(1))]}.{m.group(2)}" if m else name
+        src = tensors.get(key)
+        if src is None and name in dict(model.named_buffers(remove_duplicate=False)):
+            ref = reference() if ref is None else ref
+            src = model_tensors(ref).get(name)
+        if src is None or tuple(src.shape) != tuple(target.shape):
+            missing.append(key)
+            continue
+        used.add(key)
+        with torch.no_grad():
+            target.copy_(src.to(target.dtype))
+    unexpected = sorted(set(tensors) - used)
+    if missing or unexpected:
+        raise ValueError(
+            f"emulator weights do not fit the model its config builds: missing or misshapen {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
