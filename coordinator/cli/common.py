@@ -51,12 +51,21 @@ class PlainProgress:
                 self._emit(task_id, final=True)
 
     def _tick(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(min(1.0, self.every_s)):
+            if time.monotonic() - last < self.every_s:
+                continue
+            last = time.monotonic()
             with self._lock:
-                now = time.monotonic()
-                for task_id, task in self._tasks.items():
-                    if now - task["last"] >= self.every_s:
-                        self._emit(task_id)
+                changed = [t for t, task in self._tasks.items() if self._state(task) != task["shown"]]
+                # Nothing moved: one line for the first unfinished task says the command is alive.
+                unfinished = [t for t, task in self._tasks.items() if task["completed"] < (task["total"] or 0)]
+                for task_id in changed or unfinished[:1] or list(self._tasks)[:1]:
+                    self._emit(task_id)
+
+    @staticmethod
+    def _state(task: dict) -> tuple:
+        return task["completed"], task["total"], task["fields"].get("info", "")
 
     def add_task(self, description: str, total: float | None = 1, **fields: Any) -> int:
         """Start following a task; returns its id."""
@@ -93,7 +102,7 @@ class PlainProgress:
 
     def _emit(self, task_id: int, final: bool = False) -> None:
         task = self._tasks[task_id]
-        state = (task["completed"], task["total"], task["fields"].get("info", ""))
+        state = self._state(task)
         if final and state == task["shown"]:
             return
         task["last"] = time.monotonic()

@@ -120,7 +120,7 @@ def _run(cfg, run_experiment) -> dict:
         step_job = bar.add_task("  stage", total=1, info="")
 
         def cb(stage: str, _done: int, _total: int) -> None:
-            bar.update(job, advance=1, info=stage)
+            bar.update(job, advance=1, info=f"stages done, last: {stage}")
 
         def step_cb(stage: str, done: int, total: int) -> None:
             unit = "examples scored" if stage.endswith("eval") else "steps"
