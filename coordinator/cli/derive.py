@@ -28,6 +28,10 @@ def derive(
         int, typer.Option(min=1, help="Blocks (uniform) or clusters (crash) kept for the middle.")
     ] = 3,
     placement: Annotated[str, typer.Option(help="edges (first/last) or spread (crash only).")] = "edges",
+    clustering: Annotated[
+        str, typer.Option(help="crash: balanced (≤ ceil(middle/keep) blocks a cluster) or adjacent.")
+    ] = "balanced",
+    share: Annotated[str, typer.Option(help="crash: full, partial:R or none (kept blocks once).")] = "full",
     distill_steps: Annotated[
         int, typer.Option(min=0, help="Distil the middle for this many steps (0: off).")
     ] = 0,
@@ -51,7 +55,7 @@ def derive(
 
     try:
         full, tok = load_model(model)
-        options = EmulatorOptions(method, first, last, keep, placement)
+        options = EmulatorOptions(method, first, last, keep, placement, clustering, share)
         options.check(full.config.num_hidden_layers)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -52,6 +52,13 @@ def experiment(
     first: Annotated[int, typer.Option(min=0, help="Adapter blocks at the bottom.")] = 2,
     last: Annotated[int, typer.Option(min=0, help="Adapter blocks at the top.")] = 2,
     keep: Annotated[int, typer.Option(min=1, help="Middle blocks/clusters kept in the emulator.")] = 3,
+    clustering: Annotated[
+        str, typer.Option(help="CRaSh clustering: balanced (≤ ceil(middle/keep) blocks each) or adjacent.")
+    ] = "balanced",
+    share: Annotated[
+        str, typer.Option(help="CRaSh sharing: full, partial:R (each kept block run ≤ R times) or none.")
+    ] = "full",
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Adapter learning rate (default: 1e-3).")] = None,
     lora_rank: Annotated[
         int, typer.Option(min=0, help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,
@@ -79,12 +86,21 @@ def experiment(
 
     from coordinator.experiment import ExperimentConfig, run_experiment, save_report
     from emulator.data import DataError
+    from emulator.derive import EmulatorOptions
 
+    try:
+        # Only the spelling of the CRaSh options is checked here; sizes are checked against the model later.
+        options = EmulatorOptions("crash", first, last, keep, clustering=clustering, share=share)
+        options.check(first + last + keep)
+    except ValueError as exc:
+        fail(f"--clustering/--share: {exc}")
     if is_data_file(task):
         _say_split(task, test_file)
     cfg = ExperimentConfig(model=model, task=task_spec, variants=names, seeds=list(range(seeds)), steps=steps,
                            first=first, last=last, keep=keep, lora_rank=lora_rank, n_test=n_test,
-                           distill_steps=distill_steps)  # fmt: skip
+                           distill_steps=distill_steps, clustering=clustering, share=share)  # fmt: skip
+    if lr is not None:
+        cfg.lr = lr
     try:
         report = _run(cfg, run_experiment)
     except (FileNotFoundError, ValueError, DataError) as exc:

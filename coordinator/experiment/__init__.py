@@ -62,6 +62,8 @@ class ExperimentConfig:
     first: int = 2
     last: int = 2
     keep: int = 3
+    clustering: str = "balanced"
+    share: str = "full"
     steps: int = 100
     lr: float = 1e-3
     full_lr: float = 3e-4
@@ -149,7 +151,8 @@ class _Runner:
 
     def derive(self, method: str):
         """An emulator of the full model by `method`, with the run's adapter and middle sizes."""
-        options = EmulatorOptions(method, self.cfg.first, self.cfg.last, self.cfg.keep)
+        options = EmulatorOptions(method, self.cfg.first, self.cfg.last, self.cfg.keep,
+                                  clustering=self.cfg.clustering, share=self.cfg.share)  # fmt: skip
         return derive_emulator(self.full, options, calibration=self.calib, tokenizer=self.tok)
 
     def references(self, seed: int, full_zs: float) -> None:
