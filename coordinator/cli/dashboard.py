@@ -21,13 +21,13 @@ def dashboard(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8765,
 ) -> None:
     """Serve the web dashboard: runs, clients per round, curves, bytes, ε; live while runs go on."""
+    if not store and not out_dir.expanduser().is_dir():
+        fail(f"--out-dir: {out_dir} does not exist (no runs there yet); pass the out-dir of your runs or --store")
     import uvicorn
 
     from coordinator.ops.dashboard import create_app
     from coordinator.ops.runstore import StoreError, default_store_url, public_url
 
-    if not store and not out_dir.expanduser().is_dir():
-        fail(f"--out-dir: {out_dir} does not exist (no runs there yet); pass the out-dir of your runs or --store")
     url = store or default_store_url(out_dir)
     try:
         web = create_app(url)

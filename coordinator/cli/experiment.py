@@ -178,7 +178,7 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
 
 def _share(share: float | None, gain: float, of: str) -> str:
     if share is None or gain <= 0:
-        return f"no {of} gain to recover (full {of} {gain:+.1f} pts over zero-shot)"
+        return f"no {of} gain to recover (full FT: {gain:+.1f} pts over zero-shot)"
     return f"recovers {100 * share:.0f}% of the {of} gain"
 
 
