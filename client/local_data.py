@@ -36,8 +36,11 @@ def _partitioned(task: str, split: str, pid: int, n: int, scheme: str, alpha: fl
 @functools.lru_cache(maxsize=8)
 def _held_out(path: str) -> tuple[list[Example], list[Example]]:
     train, test = held_out_split(load_examples(Path(path).expanduser()))
-    # Said once per file and process, so a site's log shows which records it tests on.
-    logging.getLogger("offsite.client").info(split_note(path, len(train), len(test)))
+    # Said once per file and process, at warning level so a site's default log shows it: the site
+    # trains on less than its whole file unless it names an eval-data-path.
+    logging.getLogger("offsite.client").warning(
+        "%s; set node-config eval-data-path to choose the test file", split_note(path, len(train), len(test))
+    )
     return train, test
 
 
