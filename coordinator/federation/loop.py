@@ -17,6 +17,7 @@ from coordinator.config import FederationConfig
 from coordinator.federation.messages import evaluate_config, train_config
 from coordinator.federation.run import (
     Run,
+    StopSignals,
     finish_run,
     last_round,
     record_round,
@@ -53,6 +54,7 @@ def run_federation(
     handler = logging.FileHandler(run_dir / "server.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("offsite").addHandler(handler)
+    signals = StopSignals.install()  # SIGTERM/SIGINT mark the run stopped (run_failed), then end it as usual
     try:
         run = start_run(cfg, run_dir, obs)
         if cfg.secure_aggregation:
@@ -68,8 +70,10 @@ def run_federation(
         return finish_run(run, privacy)
     except BaseException as exc:
         obs.run_failed(exc)
+        signals.resume(exc)
         raise
     finally:
+        signals.restore()
         logging.getLogger("offsite").removeHandler(handler)
         handler.close()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,3 +239,59 @@ def load_adapter(run_dir: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(run_dir) / "adapter.safetensors"))
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class RunSignalled(BaseException):
+    """SIGTERM or SIGINT reached the coordinator during a run (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.stop_reason = f"coordinator received {signal.Signals(signum).name}"  # what the run store shows
+        super().__init__(self.stop_reason)
+
+
+class StopSignals:
+    """SIGTERM/SIGINT for the duration of a run: unwind it as RunSignalled, so observers mark it stopped.
+
+    `install()` keeps the handlers it replaces (not ignored ones, nor any outside the main thread);
+    `resume(exc)`, once the run is marked, puts them back and lets the signal take its usual course
+    (the default action or the previous handler, e.g. Flower's); `restore()` only puts them back.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.fired: int | None = None
+
+    @classmethod
+    def install(cls) -> StopSignals:
+        """Catch SIGTERM and SIGINT from now on (no-op outside the main thread)."""
+        self = cls()
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in cls.SIGNALS:
+            old = signal.getsignal(sig)
+            if old not in (signal.SIG_IGN, None):  # None: a handler set outside Python, not restorable
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.fired is None:  # a second signal while the run is being marked must not interrupt that
+            self.fired = signum
+            raise RunSignalled(signum)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.previous = {}
+
+    def resume(self, exc: BaseException) -> None:
+        """Restore the handlers; if `exc` is RunSignalled, deliver its signal again to the old disposition."""
+        self.restore()
+        if isinstance(exc, RunSignalled):
+            signal.raise_signal(exc.signum)

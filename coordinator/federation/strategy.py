@@ -46,6 +46,19 @@ log = logging.getLogger("offsite.coordinator")
 
 SETTLE_S = 10.0  # seconds an unchanged node count ends the wait for more nodes
 
+# The most each codec may put on the wire for an adapter of n values, checked before anything is
+# decoded: (arrays per tensor, values per adapter value, bytes per adapter value). fp16, DARE and
+# int8 send at most one value per adapter value, top-k a value and an index. Bytes allow 4 per value
+# (the adapter's fp32 size; top-k: plus an int64 index), so a wrong but small dtype still gets the
+# decoder's own message. An unknown codec gets the loosest bound and is refused by the decoder.
+WIRE_LIMITS: dict[str, tuple[int, int, int]] = {
+    "fp16": (1, 1, 4),
+    "dare": (1, 1, 4),
+    "int8": (1, 1, 4),
+    "topk": (2, 2, 12),
+}
+WIRE_ARRAY_OVERHEAD = 4096  # bytes per wire array beyond its values: name and serialisation header
+
 
 class NoNodesError(RuntimeError):
     """Not enough nodes connected within the node timeout."""
@@ -263,9 +276,26 @@ class OffsiteStrategy:
         b_only = frozenset(trained_adapter_names(names, self.cfg.lora_rank, train_lora_a=False))
         return [b_only] if self.cfg.lora_aggregation == "ffa" else [names, b_only]
 
+    def check_wire_size(self, content: RecordDict) -> None:
+        """Refuse an update with more wire arrays, values or bytes than the adapter allows, before decoding."""
+        record = content.array_records[S.ADAPTER_RECORD]
+        codec = content.config_records[S.UPDATE_META_RECORD].get(codecs.META_CODEC)
+        per_array, per_value, value_bytes = WIRE_LIMITS.get(codec, max(WIRE_LIMITS.values()))
+        numel = max(sum(math.prod(self.shapes[k]) for k in names) for names in self._allowed_names())
+        tensors = max(len(names) for names in self._allowed_names())
+        values = sum(math.prod(a.shape) for a in record.values())
+        nbytes = record.count_bytes()
+        limit = numel * value_bytes + tensors * per_array * WIRE_ARRAY_OVERHEAD
+        if len(record) > tensors * per_array or values > numel * per_value or nbytes > limit:
+            raise S.ProtocolError(
+                f"oversized update: {len(record)} arrays, {values} values, {nbytes} bytes; the adapter "
+                f"allows {tensors * per_array} arrays, {numel * per_value} values, {limit} bytes ({codec})"
+            )
+
     def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
         """Validated (delta, metrics) of one train reply; raises ProtocolError if it is unusable."""
         S.check_message("train-res", content)
+        self.check_wire_size(content)
         encoded = codecs.from_records(
             content.array_records[S.ADAPTER_RECORD], content.config_records[S.UPDATE_META_RECORD]
         )

@@ -1,7 +1,9 @@
-"""A separate process that writes a run into a store: `python -m tests.ops.store_writer URL DIR ROUNDS [--crash]`.
+"""A separate process that writes a run into a store: `python -m tests.ops.store_writer URL DIR ROUNDS [--crash|--hold]`.
 
-Used by the concurrency test (two of these at once) and the crash test (`--crash`: after the
-finished rounds, start writing one more round and die with SIGKILL in the middle of it).
+Used by the concurrency test (two of these at once), the crash test (`--crash`: after the
+finished rounds, start writing one more round and die with SIGKILL in the middle of it) and the
+staleness test (`--hold`: a coordinator's RunRecorder, heartbeat included, that records its rounds,
+starts one more and waits there, with round-timeout ROUND_TIMEOUT_S, for the test to kill it).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import insert
 
+from coordinator.ops.runstore.recorder import RunRecorder
 from coordinator.ops.runstore.store import RunStore, client_row, round_row
 from coordinator.ops.runstore.tables import client_rounds, rounds
 from tests.ops.entries import make_entry
@@ -21,6 +25,9 @@ from tests.ops.entries import make_entry
 def main(argv: list[str]) -> None:
     """Write ROUNDS rounds of 8 clients; with --crash, die half-way through round ROUNDS+1."""
     url, run_dir, n = argv[0], argv[1], int(argv[2])
+    if "--hold" in argv:
+        hold(url, run_dir, n)
+        return
     start_at = float(os.environ.get("START_AT", "0"))
     pause = float(os.environ.get("PAUSE_S", "0"))
     store = RunStore(url)
@@ -41,6 +48,19 @@ def main(argv: list[str]) -> None:
             )
             os.kill(os.getpid(), signal.SIGKILL)
     store.finish_run(run_id, {"five_numbers": {"plug-in": 50.0}})
+
+
+def hold(url: str, run_dir: str, n: int) -> None:
+    """Record n rounds through a RunRecorder, start round n+1, say "holding" and wait to be killed."""
+    config = {"rounds": n + 1, "round-timeout": float(os.environ.get("ROUND_TIMEOUT_S", "2"))}
+    rec = RunRecorder(RunStore(url), n + 1)
+    rec.run_started(Path(run_dir), config, {"full zero-shot": 40.0}, {"hash": "x"}, [])
+    for rnd in range(1, n + 1):
+        rec.round_started(rnd, list(range(8)))
+        rec.round_finished(make_entry(rnd))
+    rec.round_started(n + 1, list(range(8)))
+    print("holding", flush=True)
+    time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The web dashboard: its JSON API, and its pages in real headless Chromium (Playwright)."""
+"""The web dashboard: its JSON API (on SQLite and PostgreSQL stores), and its pages in real headless
+Chromium (Playwright)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _store_with_runs(tmp_path: Path) -> tuple[str, RunStore, int, int]:
-    url = default_store_url(tmp_path)
+def _store_with_runs(tmp_path: Path, url: str | None = None) -> tuple[str, RunStore, int, int]:
+    url = url or default_store_url(tmp_path)
     store = RunStore(url)
     baseline = {"full zero-shot": 48.5, "emulator zero-shot": 26.0}
     standin = {"bytes": 9_600_000, "layout": [0, 1, 3, 3, 3, 5, 5, 8, 8, 8, 10, 11]}
@@ -51,11 +52,12 @@ def _store_with_runs(tmp_path: Path) -> tuple[str, RunStore, int, int]:
     return url, store, live, dp
 
 
-def test_api_lists_runs_and_shows_live_and_finished_runs(tmp_path):
-    url, _store, live, dp = _store_with_runs(tmp_path)
+def test_api_lists_runs_and_shows_live_and_finished_runs(store_url, tmp_path):
+    url, _store, live, dp = _store_with_runs(tmp_path, store_url)
     client = TestClient(create_app(url))
     runs = client.get("/api/runs").json()["runs"]
     assert [r["name"] for r in runs] == ["run-dp", "run-live"]
+    assert not any(r["stale"] for r in runs)  # the live run's row was written a moment ago
     d = client.get(f"/api/runs/{live}").json()
     assert d["run"]["status"] == "running" and d["run"]["active_round"] == 3
     assert d["five_numbers"] == {
@@ -150,12 +152,12 @@ def test_dashboard_in_headless_chromium_updates_live(tmp_path, free_port):
     assert (ARTIFACTS / "dashboard-running.png").stat().st_size > 20_000
 
 
-def test_rounds_without_server_eval_keep_the_latest_measured_accuracy(tmp_path):
-    store = RunStore(default_store_url(tmp_path))
+def test_rounds_without_server_eval_keep_the_latest_measured_accuracy(store_url, tmp_path):
+    store = RunStore(store_url)
     run = store.start_run(tmp_path / "run-sparse", {"eval-every": 2}, 3, {"full zero-shot": 48.5}, {})
     store.record_round(run, make_entry(1))
     store.record_round(run, {**make_entry(2), "plug-in": None, "emulator FT": None})  # eval-every skipped it
-    d = TestClient(create_app(default_store_url(tmp_path))).get(f"/api/runs/{run}").json()
+    d = TestClient(create_app(store_url)).get(f"/api/runs/{run}").json()
     assert [r["plugin_acc"] for r in d["rounds"]] == [make_entry(1)["plug-in"], None]
     assert d["five_numbers"]["plug-in"] == make_entry(1)["plug-in"]
     assert d["five_numbers"]["emulator FT"] == make_entry(1)["emulator FT"]

@@ -1,4 +1,5 @@
-"""The run store: what a run writes, two runs writing at once, a crash mid-round, bad URLs."""
+"""The run store on SQLite and PostgreSQL: what a run writes, two runs writing at once, a crash
+mid-round, resume, the heartbeat, bad URLs."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import ConfigError, FederationConfig
-from coordinator.ops.runstore import RunRecorder, RunStore, StoreError, default_store_url
+from coordinator.ops.runstore import RunRecorder, RunStore, StoreError
 from coordinator.ops.wiring import store_url_for
 from tests.ops.entries import make_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_records_run_rounds_clients_and_events(tmp_path):
-    store = RunStore(default_store_url(tmp_path))
+def test_records_run_rounds_clients_and_events(store_url, tmp_path):
+    store = RunStore(store_url)
     run_id = store.start_run(tmp_path / "run-a", {"rounds": 3}, 3, {"full zero-shot": 41.5}, {"hash": "ab"})
     store.round_started(run_id, 1, [10**18, 10**18 + 1])
     assert store.get_run(run_id)["active_nodes"] == [str(10**18), str(10**18 + 1)]
@@ -50,9 +51,9 @@ def test_records_run_rounds_clients_and_events(tmp_path):
     assert [r["id"] for r in store.list_runs()] == [run_id]
 
 
-def test_resumed_run_reopens_its_row_and_backfills_missed_rounds(tmp_path):
+def test_resumed_run_reopens_its_row_and_backfills_missed_rounds(store_url, tmp_path):
     """A crash after the checkpoint but before the store write: resume writes the round."""
-    store = RunStore(default_store_url(tmp_path))
+    store = RunStore(store_url)
     rec = RunRecorder(store, rounds_planned=3)
     rec.run_started(tmp_path / "run", {"rounds": 3}, {}, {}, [])
     rec.round_finished(make_entry(1))
@@ -65,10 +66,11 @@ def test_resumed_run_reopens_its_row_and_backfills_missed_rounds(tmp_path):
     assert run["status"] == "running" and run["error"] is None
     assert [r["round"] for r in store.rounds(rec.run_id)] == [1, 2]
     assert [e["kind"] for e in store.events(rec.run_id)][:2] == ["round", "resumed"]
+    again.run_finished({})
 
 
-def test_two_runs_writing_at_once_lose_nothing(tmp_path):
-    url = default_store_url(tmp_path)
+def test_two_runs_writing_at_once_lose_nothing(store_url, tmp_path):
+    url = store_url
     RunStore(url).close()
     start_at = f"{time.time() + 3.0}"
     procs = [
@@ -99,8 +101,8 @@ def test_two_runs_writing_at_once_lose_nothing(tmp_path):
     assert max(x["recorded_at"] for x in b) > min(x["recorded_at"] for x in a)
 
 
-def test_crash_mid_round_keeps_finished_rounds_and_drops_the_half_written_one(tmp_path):
-    url = default_store_url(tmp_path)
+def test_crash_mid_round_keeps_finished_rounds_and_drops_the_half_written_one(store_url, tmp_path):
+    url = store_url
     proc = subprocess.run(
         [sys.executable, "-m", "tests.ops.store_writer", url, str(tmp_path / "run"), "3", "--crash"],
         cwd=ROOT,

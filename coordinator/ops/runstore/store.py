@@ -19,12 +19,21 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from coordinator.ops.runstore.tables import RUN_STATES, client_rounds, events, metadata, rounds, runs
 
 BUSY_TIMEOUT_S = 30.0
 DB_FILE = "offsite.db"
+# A running run whose row (its heartbeat) is older than its round-timeout counts as stale: a live
+# coordinator touches the row far more often (RunRecorder), so its coordinator is gone.
+DEFAULT_ROUND_TIMEOUT_S = 600.0
 
 
 class StoreError(ValueError):
@@ -57,6 +66,22 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return jsonable(value.item())
     return str(value)
+
+
+def stale_after_s(config: dict | None) -> float:
+    """Seconds without a heartbeat after which a running run is stale: its round-timeout."""
+    value = (config or {}).get("round-timeout")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else DEFAULT_ROUND_TIMEOUT_S
+
+
+def mark_staleness(row: dict, config: dict | None, now: float | None = None) -> dict:
+    """Add `heartbeat_age_s` and `stale` (running, but no heartbeat within its round-timeout) to a run row."""
+    age = (time.time() if now is None else now) - row["updated_at"]
+    row["heartbeat_age_s"] = age
+    row["stale_after_s"] = stale_after_s(config)
+    row["stale"] = row["status"] == "running" and age > row["stale_after_s"]
+    return row
 
 
 def _num(value: Any) -> float | None:
@@ -177,8 +202,9 @@ class RunStore:
                 with self._write() as conn:
                     metadata.create_all(conn)
                 return
-            except OperationalError:
-                # Two processes creating the schema at once: the loser's CREATE fails; retry sees it.
+            except (OperationalError, IntegrityError, ProgrammingError):
+                # Two processes creating the schema at once: the loser's CREATE fails (SQLite: locked;
+                # PostgreSQL: duplicate table or type); the retry sees the tables and creates nothing.
                 if attempt == 2:
                     raise
                 time.sleep(0.2)
@@ -287,9 +313,19 @@ class RunStore:
         summary = {k: v for k, v in report.items() if k not in ("rounds", "config")}
         self._end(run_id, "finished", "run finished", report=jsonable(summary))
 
-    def stop_run(self, run_id: int, rnd: int) -> None:
-        """Mark a run stopped after round `rnd` (stop-after); resume continues it."""
-        self._end(run_id, "stopped", f"run stopped after round {rnd}")
+    def stop_run(self, run_id: int, rnd: int, reason: str | None = None) -> None:
+        """Mark a run stopped after round `rnd` (stop-after, or `reason`, e.g. a signal); resume continues it."""
+        why = f": {reason}; resume=true continues it" if reason else ""
+        self._end(run_id, "stopped", f"run stopped after round {rnd}{why}")
+
+    def heartbeat(self, run_id: int) -> None:
+        """Touch a running run's row: the coordinator is alive (the dashboard's staleness check)."""
+        with self._write() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "running")
+                .values(updated_at=time.time())
+            )
 
     def fail_run(self, run_id: int, error: str) -> None:
         """Mark a run failed with its error."""
@@ -321,17 +357,19 @@ class RunStore:
 
     # --- reads ---------------------------------------------------------------------------
     def list_runs(self) -> list[dict]:
-        """Every run, newest first, without its config or report."""
-        cols = [c for c in runs.c if c.name not in ("config", "report", "baseline", "standin")]
+        """Every run, newest first, without its config or report, with its staleness (`mark_staleness`)."""
+        cols = [c for c in runs.c if c.name not in ("report", "baseline", "standin")]
+        now = time.time()
         with self.engine.connect() as conn:
             rows = conn.execute(select(*cols).order_by(runs.c.started_at.desc(), runs.c.id.desc())).mappings()
-            return [dict(r) for r in rows]
+            out = [dict(r) for r in rows]
+        return [mark_staleness(r, r.pop("config"), now) for r in out]
 
     def get_run(self, run_id: int) -> dict | None:
-        """One run's row (config, baseline, stand-in and report included), or None."""
+        """One run's row (config, baseline, stand-in and report included) with its staleness, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-            return dict(row) if row else None
+        return mark_staleness(dict(row), row["config"]) if row else None
 
     def run_id_for(self, run_dir: str | Path) -> int | None:
         """The id of the run recorded for a run directory, or None."""

@@ -11,6 +11,8 @@ const Offsite = (() => {
   const time = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   const badge = (status) => `<span class="badge ${esc(status)}">${esc(status)}</span>`;
+  // A running run whose heartbeat is older than its round-timeout has lost its coordinator.
+  const shownStatus = (run) => (run.stale ? "stale" : run.status);
 
   async function getJSON(url) {
     const r = await fetch(url, { cache: "no-store" });
@@ -28,7 +30,7 @@ const Offsite = (() => {
         $("store").textContent = `store: ${data.store}`;
         $("empty").hidden = data.runs.length > 0;
         $("runs").querySelector("tbody").innerHTML = data.runs.map((r) => `<tr>
-          <td><a href="/runs/${r.id}">${esc(r.name)}</a></td><td>${badge(r.status)}</td>
+          <td><a href="/runs/${r.id}">${esc(r.name)}</a></td><td>${badge(shownStatus(r))}</td>
           <td>${r.current_round}/${r.rounds_planned}${r.active_round ? ` (round ${r.active_round} under way)` : ""}</td>
           <td>${time(r.started_at)}</td><td>${time(r.updated_at)}</td><td class="muted">${esc(r.run_dir)}</td></tr>`).join("");
         live(`updated ${new Date().toLocaleTimeString()}`);
@@ -79,18 +81,22 @@ const Offsite = (() => {
       const run = d.run, rounds = d.rounds;
       document.title = `Offsite · ${run.name}`;
       $("title").textContent = run.name;
-      $("status").className = `badge ${run.status}`;
-      $("status").textContent = run.status;
+      $("status").className = `badge ${shownStatus(run)}`;
+      $("status").textContent = shownStatus(run);
       const active = run.active_round ? ` · round ${run.active_round} under way` : "";
       $("progress").textContent = `round ${run.current_round}/${run.rounds_planned}${active}`;
 
       // A failed or stopped run says why at the top, not only in the event list at the bottom.
       const ended = run.status === "failed" || run.status === "stopped";
-      $("failure").hidden = !ended;
+      $("failure").hidden = !ended && !run.stale;
       if (ended) {
         $("failure-title").textContent = run.status === "failed" ? "Run failed" : "Run stopped";
         const lastEvent = d.events.length ? d.events[0].message : "";
         $("failure-reason").textContent = run.error || lastEvent || "no reason was recorded";
+      } else if (run.stale) {
+        $("failure-title").textContent = "Coordinator gone";
+        $("failure-reason").textContent = `No heartbeat for ${fmt(run.heartbeat_age_s, 0)} s (round-timeout ${fmt(run.stale_after_s, 0)} s): ` +
+          "the coordinator was killed or lost the run store. Restart it with resume=true to continue from the last checkpoint.";
       }
 
       const f = d.five_numbers;
@@ -162,12 +168,12 @@ const Offsite = (() => {
       let delay = POLL_RUNNING_MS;
       try {
         const d = await getJSON(`/api/runs/${runId}`);
-        const key = JSON.stringify([d.run.updated_at, d.run.status, d.rounds.length, d.run.active_round]);
+        const key = JSON.stringify([d.run.updated_at, d.run.status, d.run.stale, d.rounds.length, d.run.active_round]);
         if (key !== last) { render(d); last = key; }
         if (d.run.status !== "running") delay = POLL_IDLE_MS;
         live(`${d.run.status === "running" ? "live" : "idle"} · updated ${new Date().toLocaleTimeString()}`);
         document.body.dataset.rounds = String(d.rounds.length);
-        document.body.dataset.status = d.run.status;
+        document.body.dataset.status = shownStatus(d.run);
       } catch (e) { live(`offline: ${e.message}`); }
       setTimeout(tick, delay);
     };
