@@ -94,3 +94,14 @@ def test_unknown_clustering_or_share_is_refused():
         EmulatorOptions("crash", clustering="greedy").check(12)
     with pytest.raises(ValueError, match="sharing mode"):
         EmulatorOptions("crash", share="all").check(12)
+
+
+def test_cli_refuses_an_unknown_share_mode_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    result = CliRunner().invoke(app, ["experiment", "--share", "half", "--out", str(tmp_path / "x.json")])
+    assert result.exit_code == 2 and "sharing mode 'half'" in result.output
+    result = CliRunner().invoke(app, ["derive", "--share", "partial:0", "--out", str(tmp_path / "emu")])
+    assert result.exit_code == 2 and "sharing mode" in result.output
