@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.common import console, fail
+from coordinator.cli.common import console, fail, status
 
 
 def control_kind(path: Path) -> str:
@@ -70,10 +70,12 @@ def port(
 
     try:
         model, ctok = _load_control(control)
-        _, ttok = load_model(target)
+        with status(f"Loading {target}"):
+            _, ttok = load_model(target)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         fail(str(exc))
-    tmap = map_tokenizers(ttok, ctok)
+    with status("Mapping the vocabularies (PM-MinED)"):
+        tmap = map_tokenizers(ttok, ctok)
     save_control(model, ctok, out / "control")
     tmap.save(out / "token_map.safetensors")
     (out / "port.json").write_text(json.dumps({"target": target, "stats": tmap.stats}, indent=2) + "\n")
@@ -123,7 +125,8 @@ def generate(
     from emulator.zoo import load_model
 
     try:
-        target, tok = load_model(model)
+        with status(f"Loading {model}"):
+            target, tok = load_model(model)
         warn_long_prompts(tok, prompt, max_new_tokens, context_length(target))
         if control is not None:
             from emulator.control.model import load_control

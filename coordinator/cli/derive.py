@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from coordinator.cli.checks import EMULATOR_METHODS as METHODS
-from coordinator.cli.common import console, fail, progress
+from coordinator.cli.common import console, fail, progress, status
 
 
 def derive(
@@ -54,7 +54,8 @@ def derive(
     from emulator.zoo import load_model, public_texts
 
     try:
-        full, tok = load_model(model)
+        with status(f"Loading {model}"):
+            full, tok = load_model(model)
         options = EmulatorOptions(method, first, last, keep, placement, clustering, share)
         options.check(full.config.num_hidden_layers)
     except (FileNotFoundError, ValueError) as exc:
