@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import sys
 from pathlib import Path
 
 from coordinator.cli.common import fail
@@ -24,9 +26,21 @@ def embedded_tasks() -> list[str]:
     return sorted(p.name.removesuffix(".train.jsonl") for p in (_zoo_dir() / "tasks").glob("*.train.jsonl"))
 
 
+@functools.cache
+def _specs():
+    # emulator/zoo/specs.py loaded on its own: importing it as emulator.zoo.specs runs the package's
+    # __init__, which loads torch.
+    spec = importlib.util.spec_from_file_location("_offsite_zoo_specs", _zoo_dir() / "specs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
 def zoo_models() -> list[str]:
-    """Names of the zoo's models."""
-    return sorted(p.name for p in (_zoo_dir() / "models").iterdir() if p.is_dir())
+    """Names of the zoo's models: the embedded ones and the pretrained ones fetched from PyPI wheels."""
+    specs = _specs()
+    return sorted([*specs.MODELS, *getattr(specs, "PRETRAINED", {})])
 
 
 def is_data_file(task: str) -> bool:
@@ -58,12 +72,16 @@ def check_model(model: str, option: str = "--model") -> None:
     name = model.removeprefix("zoo:")
     if name in zoo_models():
         return
+    if model.lower().endswith(".gguf"):
+        if not Path(model).expanduser().is_file():
+            fail(f"{option}: GGUF file {model} does not exist")
+        return
     if model.startswith("zoo:"):
         fail(f"{option}: {model!r} is not a zoo model; the zoo has {', '.join(zoo_models())}")
     if not (Path(model).expanduser() / "config.json").is_file():
         fail(
             f"{option}: {model!r} is neither a zoo model (zoo:{', zoo:'.join(zoo_models())}) nor a local "
-            "checkpoint directory with a config.json"
+            "checkpoint directory with a config.json, nor a .gguf file"
         )
 
 

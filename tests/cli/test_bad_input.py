@@ -87,7 +87,8 @@ def test_ranges_live_in_the_option_definitions(args, message):
         (["--variants", "crash,crash"], "lists a variant twice"),
         (["--task", "nope"], "unknown task 'nope'; embedded tasks are wn-category, wn-pos"),
         (["--task", "/nowhere/my.jsonl"], "data file /nowhere/my.jsonl does not exist"),
-        (["--model", "zoo:huge"], "'zoo:huge' is not a zoo model; the zoo has base, other, small"),
+        (["--model", "zoo:huge"], "'zoo:huge' is not a zoo model; the zoo has base, other, small, smollm2"),
+        (["--model", "/nowhere/m.gguf"], "GGUF file /nowhere/m.gguf does not exist"),
         (["--model", "/nowhere/ckpt"], "neither a zoo model"),
         (["--test-file", "t.jsonl"], "--test-file goes with a --task data file"),
         (["--first", "0", "--last", "0"], "needs at least one adapter block"),
@@ -133,10 +134,10 @@ def test_cli_copies_match_the_emulator():
     from emulator.data import EMBEDDED_TASKS
     from emulator.data import TEST_FILE_SEP as DATA_SEP
     from emulator.derive import METHODS
-    from emulator.zoo import MODELS
+    from emulator.zoo.specs import MODELS, PRETRAINED
 
     assert EMULATOR_METHODS == METHODS and TEST_FILE_SEP == DATA_SEP
-    assert embedded_tasks() == sorted(EMBEDDED_TASKS) and zoo_models() == sorted(MODELS)
+    assert embedded_tasks() == sorted(EMBEDDED_TASKS) and zoo_models() == sorted([*MODELS, *PRETRAINED])
 
 
 def test_run_checks_both_files_of_a_train_test_task(tmp_path):
