@@ -71,7 +71,7 @@ def experiment(
     """Run the centralised five-number experiment and print its table (see docs/architecture.md).
 
     The defaults (3 variants, 3 seeds, zoo:base) take about 70 minutes on 2 CPU cores;
-    --variants crash --seeds 1 takes about 8.
+    --variants crash --seeds 1 takes about 10.
     """
     names = parse_variants(variants)
     check_task(task)
