@@ -12,13 +12,33 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from coordinator.aggregation import registry as aggregators
-from coordinator.federation.standin import STANDIN_KINDS
-from emulator.data import PARTITIONERS
-from emulator.derive import METHODS as EMULATOR_METHODS
-from protocols.codecs import CODECS
-
 # Choices that name an extension point come from its registry, so a registered method is a valid value.
+# The registries import torch and peft, so they are read on first use: a mistyped key fails in a second.
+
+
+def registry_choices() -> dict[str, tuple[str, ...]]:
+    """Run-config keys whose values come from a registry, with the registered names."""
+    from coordinator.aggregation import registry as aggregators
+    from coordinator.federation.standin import STANDIN_KINDS
+    from emulator.data import PARTITIONERS
+    from protocols.codecs import CODECS
+
+    return {
+        "aggregator": aggregators.names("delta") + aggregators.names("robust"),
+        "robust-aggregator": aggregators.names("robust"),
+        "lora-aggregation": aggregators.names("lora"),
+        "codec": tuple(CODECS),
+        "partitioning": tuple(PARTITIONERS),
+        "standin": tuple(STANDIN_KINDS),
+        "emulator": emulator_methods(),
+    }
+
+
+def emulator_methods() -> tuple[str, ...]:
+    """The registered emulator derivation methods (emulator.derive.METHODS)."""
+    from emulator.derive import METHODS
+
+    return tuple(METHODS)
 STRATEGIES = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "server", "client")
 CLIENT_EVAL = ("none", "final", "every")
@@ -148,17 +168,18 @@ class FederationConfig:
     # --- checks ---------------------------------------------------------------------------
     def check(self) -> None:
         """Raise ConfigError for values that cannot work."""
+        registered = registry_choices()
         choices = {
             "strategy": STRATEGIES,
-            "aggregator": aggregators.names("delta") + aggregators.names("robust"),
+            "aggregator": registered["aggregator"],
             "dp": DP_MODES,
-            "lora-aggregation": aggregators.names("lora"),
-            "codec": tuple(CODECS),
+            "lora-aggregation": registered["lora-aggregation"],
+            "codec": registered["codec"],
             "client-eval": CLIENT_EVAL,
-            "partitioning": tuple(PARTITIONERS),
+            "partitioning": registered["partitioning"],
             "standin-dtype": ("float16", "float32"),
             "placement": ("edges", "spread"),
-            "standin": tuple(STANDIN_KINDS),
+            "standin": registered["standin"],
         }
         for key, allowed in choices.items():
             value = getattr(self, key.replace("-", "_"))
@@ -222,11 +243,11 @@ class FederationConfig:
             if not 0 <= self.control_dropout < 1 or self.control_alpha < 0:
                 raise ConfigError("control-dropout must be in [0, 1) and control-alpha >= 0")
         if (
-            self.emulator not in EMULATOR_METHODS
+            self.emulator not in registered["emulator"]
             and not (Path(self.emulator).expanduser() / "manifest.json").exists()
         ):
             raise ConfigError(
-                f"emulator must be one of {', '.join(EMULATOR_METHODS)} or a saved emulator directory; "
+                f"emulator must be one of {', '.join(registered['emulator'])} or a saved emulator directory; "
                 f"got {self.emulator!r}"
             )
 
@@ -234,7 +255,7 @@ class FederationConfig:
         """Robust merges, DP and SecAgg+ only where their guarantees hold (docs/security.md)."""
         if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
             raise ConfigError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
-        if self.aggregator in aggregators.names("robust") and self.lora_rank and self.lora_aggregation == "product":
+        if self.aggregator in registry_choices()["robust-aggregator"] and self.lora_rank and self.lora_aggregation == "product":
             raise ConfigError(
                 f"aggregator={self.aggregator} would merge LoRA A and B apart; use lora-aggregation=ffa"
             )
@@ -260,7 +281,7 @@ class FederationConfig:
     @property
     def method(self) -> str:
         """The emulator derivation method ('crash'/'uniform'), or 'saved'."""
-        return self.emulator if self.emulator in EMULATOR_METHODS else "saved"
+        return self.emulator if self.emulator in emulator_methods() else "saved"
 
 
 def _coerce(key: str, value: Any, want: type) -> Any:

@@ -27,6 +27,7 @@ def test_ray_simulation_two_rounds(small_run, tmp_path):
         "rounds": 2,
         "client-eval": "final",
         "node-timeout": 60.0,
+        "round-timeout": 300.0,  # a bound, not a wait: a loaded 2-core machine takes > 60 s per round
         "partitioning": "iid",  # read by the ClientApps from the run config: must reach them
         "max-examples": 0,
     }
