@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -11,7 +12,16 @@ from emulator.data import Example
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
 from emulator.plugin import attach_adapter, lora_state, lora_trainable, trained_adapter_names
-from emulator.train import TrainStats, autocast, collate, encode, model_device, supervised_loss, tune
+from emulator.train import (
+    TrainStats,
+    autocast,
+    collate,
+    encode,
+    model_device,
+    store_frozen_in,
+    supervised_loss,
+    tune,
+)
 
 
 @dataclass
@@ -40,11 +50,16 @@ def train_adapter(
 
     Whole blocks: every adapter-block tensor. LoRA: B only when A is frozen (FFA-LoRA), else A and B.
     """
-    model = attach_adapter(emu, adapter, lora_rank).to(device)
+    model = attach_adapter(emu, adapter, lora_rank)
     if lora_rank == 0:
-        params = emu.freeze_all_but_adapter()
+        select = emu.freeze_all_but_adapter
     else:
-        params = lora_trainable(model, train_lora_a)
+        select = partial(lora_trainable, model, train_lora_a)
+    select()
+    # The frozen rest in bf16/fp16 before it moves: half the device memory, the same autocast math.
+    store_frozen_in(model, precision)
+    model.to(device)
+    params = select()
     stats = tune(
         model,
         emu.tokenizer,

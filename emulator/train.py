@@ -69,6 +69,23 @@ def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def store_frozen_in(model: nn.Module, precision: str) -> int:
+    """Keep frozen fp32 weights in the precision's dtype (bf16/fp16) to halve their memory; returns how many.
+
+    Only for training under autocast, which computes in that dtype anyway. Trainable parameters, and
+    LoRA factors (FFA freezes A but it is still the adapter's), stay fp32.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32:
+        return 0
+    cast = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad and p.dtype == torch.float32 and "lora_" not in name:
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device a model's parameters live on."""
     return next(model.parameters()).device

@@ -73,3 +73,22 @@ def test_run_config_keys():
         FederationConfig.from_run_config({"device": "tpu"})
     with pytest.raises(ConfigError, match="precision must be"):
         FederationConfig.from_run_config({"precision": "fp8"})
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_client_training_in_bf16_on_cpu(zoo_tokenizer, lora_rank):
+    from bench.client_step import lora_adapter
+    from client.trainer import train_adapter
+    from emulator.derive import EmulatorOptions, derive_emulator
+
+    full = tiny_model("llama", layers=6, vocab=len(zoo_tokenizer))
+    emu = derive_emulator(full, EmulatorOptions("uniform", 1, 1, 2), tokenizer=zoo_tokenizer)
+    adapter = emu.adapter_state_dict() if lora_rank == 0 else lora_adapter(emu, lora_rank)
+    update = train_adapter(emu, adapter, _examples(), lora_rank=lora_rank, train_lora_a=False, steps=2,
+                           lr=1e-3, batch_size=4, seed=0, device="cpu", precision="bf16")  # fmt: skip
+    assert update.delta and all(
+        d.dtype == torch.float32 and torch.isfinite(d).all() for d in update.delta.values()
+    )
+    assert any(d.abs().sum() > 0 for d in update.delta.values())
+    frozen = [p for n, p in emu.model.named_parameters() if not p.requires_grad and "lora_" not in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # LoRA factors stay fp32
