@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from emulator.control.decoding import CachedLM, prompt_batch, take_next
+from emulator.control.decoding import CachedLM, cache_argument, prompt_batch, take_next
 from emulator.control.token_map import TokenMap
 from emulator.control.vocab import Vocab, vocab_from_tokenizer
 from emulator.data import Example
@@ -72,9 +72,8 @@ class ControlStream:
 
     @torch.no_grad()
     def _feed(self, ids: list[int]) -> None:
-        out = self.model(
-            input_ids=torch.tensor([ids], device=self.device), past_key_values=self.cache, use_cache=True
-        )
+        cache = {cache_argument(self.model): self.cache}  # 'cache' where transformers has it (no FutureWarning)
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **cache)
         self.cache = out.past_key_values
         self.fed.extend(ids)
         self.fed_tokens += len(ids)
