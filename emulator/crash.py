@@ -59,7 +59,8 @@ def block_features(
         if not pooled:
             pooled = [[] for _ in hs]
         for i, h in enumerate(hs):
-            pooled[i].append((h.float() * w).sum(1) / w.sum(1).clamp_min(1e-6))
+            h = h.float().flatten(2)  # hyper-connection models carry (batch, seq, copies, hidden)
+            pooled[i].append((h * w).sum(1) / w.sum(1).clamp_min(1e-6))
     return [torch.cat(p) for p in pooled]
 
 
