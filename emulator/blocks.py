@@ -99,7 +99,7 @@ def layer_count(config) -> int | None:
     """The number of decoder blocks a config declares, under whichever name it uses."""
     for cfg in _configs(config):
         for name in LAYER_COUNT_NAMES:
-            value = getattr(cfg, name, None)
+            value = _attr(cfg, name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
@@ -178,7 +178,10 @@ def _extra_embeddings(base: nn.Module, blocks: str, first: str, head: str) -> li
 
 
 def _is_lora_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+    # Linear subclasses that are not linear maps (routers returning tuples) must not get LoRA.
+    if isinstance(module, nn.Linear):
+        return type(module).forward is nn.Linear.forward or type(module).__name__.endswith("Linear")
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def lora_target_names(blocks: nn.ModuleList) -> tuple[str, ...]:
@@ -259,21 +262,25 @@ def _set_layer_count(config, n: int) -> None:
     old = layer_count(config)
     for cfg in _configs(config):
         for name in LAYER_COUNT_NAMES:
-            if getattr(cfg, name, None) == old:
-                setattr(cfg, name, n)
+            if _attr(cfg, name) == old:
+                try:
+                    setattr(cfg, name, n)
+                except (AttributeError, NotImplementedError):
+                    pass  # a read-only alias of a count set under another name
 
 
 def _per_layer(name: str, value, n: int) -> bool:
     if len(value) != n:
         return False
     if isinstance(value, str):
-        return "pattern" in name or "layer" in name or "type" in name
+        return "pattern" in name  # e.g. hybrid_override_pattern "M-M*": one character per block
     return not _is_index_list(name, value, n)
 
 
 def _is_index_list(name: str, value, n: int) -> bool:
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if not (_INDEX_LIST.search(name) and ints and all(0 <= v < n for v in value)):
+    # Entries past the last block (a default written for a deeper model) name no block here.
+    if not (_INDEX_LIST.search(name) and ints and all(v >= 0 for v in value)):
         return False
     return len(value) != n or sorted(value) == list(range(n))
 
@@ -304,13 +311,63 @@ def select_layers(config, layout: list[int], source=None) -> None:
     source = config if source is None else source
     n = layer_count(source)
     for cfg, src in zip(_configs(config), _configs(source), strict=True):
-        values = {k: getattr(src, k) for k in src.to_dict() if hasattr(src, k)}
+        values = {k: v for k in src.to_dict() if (v := _attr(src, k, _MISSING)) is not _MISSING}
         fields = {k: _copy_tree(v) for k, v in values.items()}
         _select_fields(fields, values, layout, n)
         for name, value in fields.items():
             if value != values[name]:
-                setattr(cfg, name, value)
+                _assign(cfg, name, value)
     _set_layer_count(config, len(layout))
+    for cfg, src in zip(_configs(config), _configs(source), strict=True):
+        _check_derived_lists(cfg, src, layout, n)
+
+
+def _check_derived_lists(config, source, layout: list[int], n: int) -> None:
+    # Read-only per-layer lists (Jamba's layer_types from attn_layer_period/offset) follow an
+    # index rule, not the layout; the model would pick masks and caches for the wrong blocks.
+    for name in dir(type(config)):
+        if not isinstance(getattr(type(config), name, None), property) or name.startswith("_"):
+            continue
+        value = _attr(source, name)
+        if not isinstance(value, (list, tuple)) or len(value) != n or _is_index_list(name, value, n):
+            continue
+        if list(_attr(config, name) or []) != [value[i] for i in layout]:
+            raise UnsupportedArchitectureError(
+                f"model type {source.model_type!r} is not supported for this layout: its config computes "
+                f"{name} from a rule over layer indices, so it cannot say what each emulator position runs"
+            )
+
+
+_MISSING = object()
+
+
+def _assign(config, name: str, value) -> None:
+    # Lists change in place: modules that kept a reference at init (Mllama's cross_attention_layers)
+    # then see the new value too.
+    current = _attr(config, name)
+    if isinstance(current, list) and isinstance(value, list):
+        current[:] = value
+    elif isinstance(current, dict) and isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and item != current.get(key):
+                _assign_item(current, key, item)
+    else:
+        setattr(config, name, value)
+
+
+def _assign_item(mapping: dict, key: str, value) -> None:
+    if isinstance(mapping.get(key), list) and isinstance(value, list):
+        mapping[key][:] = value
+    else:
+        mapping[key] = value
+
+
+def _attr(obj, name: str, default=None):
+    # Some configs raise other errors than AttributeError for fields they only keep per layer.
+    try:
+        return getattr(obj, name, default)
+    except Exception:
+        return default
 
 
 def _copy_tree(value):

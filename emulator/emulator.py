@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -216,9 +217,12 @@ class Emulator:
                 tensors[k] = tensors[k].clone()
             seen[ptr] = k
         save_file(tensors, str(out / WEIGHTS), metadata={"format": "offsite-emulator"})
+        # The class name, for families whose text config AutoModelForCausalLM does not map (Mllama, Emu3).
+        self.model.config.architectures = [type(self.model).__name__]
         self.model.config.save_pretrained(out)
         source = self.model.__dict__.get(SOURCE_ATTR)
         if source is not None:
+            source.architectures = [type(self.model).__name__]
             source.to_json_file(out / SOURCE_CONFIG)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
@@ -307,7 +311,7 @@ def load_emulator(directory: str | Path, verify: bool = True, dtype: torch.dtype
 def _skeleton(config, keep: list[int], dtype: torch.dtype) -> nn.Module:
     """The model of `config` with only blocks `keep`, allocated but not initialised (weights come from a file)."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
+        model = new_model(copy.deepcopy(config), dtype)
     blocks = get_blocks(model)
     set_blocks(model, [blocks[i] for i in keep])
     return model.to_empty(device="cpu")
@@ -317,7 +321,16 @@ def _reference(config, positions: list[int], dtype: torch.dtype) -> nn.Module:
     """A randomly initialised model of the emulator's config at `positions`: constants older files lack."""
     config = copy.deepcopy(config)
     select_layers(config, positions)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return new_model(config, dtype)
+
+
+def new_model(config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A randomly initialised causal LM of the class the config names (text configs the Auto class lacks, too)."""
+    name = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return cls._from_config(config, dtype=dtype)
 
 
 def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], stored: list[int], reference) -> None:

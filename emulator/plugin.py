@@ -58,21 +58,55 @@ def lora_config(
 ) -> LoraConfig:
     """A peft LoraConfig that puts rank-`rank` LoRA on the given block positions only."""
     paths = paths_for(model)
+    names = set(targets or paths.lora_targets) - _remapped_by_peft(model)
+    blocks = get_blocks(model)
+    # Full module names, so only these positions of this block list match (not a second stack
+    # also called "layers", not every layer).
+    modules = sorted(
+        f"{paths.blocks}.{p}.{name}"
+        for p in positions
+        for name, _ in blocks[p].named_modules()
+        if name.rsplit(".", 1)[-1] in names
+    )
+    if not modules:
+        raise ValueError(f"no LoRA targets named {sorted(names)} in block positions {sorted(positions)}")
     return LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,
         lora_dropout=dropout,
-        target_modules=list(targets or paths.lora_targets),
-        layers_to_transform=sorted(positions),
-        layers_pattern=paths.blocks.rsplit(".", 1)[-1],
+        target_modules=modules,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
+def _remapped_by_peft(model: nn.Module) -> set[str]:
+    """Layer names peft turns into fused-expert targets on every layer (its v4-to-v5 MoE adapter conversion)."""
+    try:
+        from peft.utils import transformers_weight_conversion as conv
+
+        mt = unwrap(model).config.model_type
+        base = conv._MODEL_TO_CONVERSION_PATTERN.get(mt)
+        if conv.get_checkpoint_conversion_mapping(mt) is None or not conv._MOE_FUSED_TARGETS.get(base):
+            return set()
+        return set(conv._MOE_TARGET_MODULE_MAPPING.get(base) or {})
+    except (ImportError, AttributeError):
+        return set()
+
+
 def add_lora(model: nn.Module, positions: list[int], rank: int, **kwargs) -> PeftModel:
     """Wrap `model` with LoRA on the given block positions; only LoRA weights are trainable."""
-    return get_peft_model(model, lora_config(model, positions, rank, **kwargs))
+    peft_model = get_peft_model(model, lora_config(model, positions, rank, **kwargs))
+    pattern, allowed = _position_key_pattern(peft_model), set(positions)
+    stray = [k for k in get_peft_model_state_dict(peft_model) if not _in_positions(pattern, k, allowed)]
+    if stray:
+        raise ValueError(f"peft placed LoRA outside block positions {sorted(allowed)}: {stray[:3]}")
+    return peft_model
+
+
+def _in_positions(pattern: re.Pattern, key: str, allowed: set[int]) -> bool:
+    m = pattern.match(key)
+    return bool(m) and int(m.group(2)) in allowed
 
 
 def is_lora_a(name: str) -> bool:
@@ -131,7 +165,27 @@ def load_lora_state(
     if set(remapped) != expected:
         missing, extra = sorted(expected - set(remapped)), sorted(set(remapped) - expected)
         raise KeyError(f"LoRA keys do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
-    set_peft_model_state_dict(peft_model, remapped)
+    _copy_lora(peft_model, remapped)
+
+
+_LORA_PART = re.compile(r"\.(lora_[A-Za-z_]+)\.")
+
+
+def _copy_lora(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Write LoRA tensors into their parameters by name.
+
+    Not set_peft_model_state_dict: for MoE families it first renames keys by transformers' v5
+    checkpoint conversion, which can garble them (shared_experts..gate_proj) and drop them silently.
+    """
+    params = dict(peft_model.named_parameters())
+    adapter = peft_model.active_adapter
+    names = {key: _LORA_PART.sub(rf".\1.{adapter}.", key, count=1) for key in state}
+    if not all(n in params for n in names.values()):
+        set_peft_model_state_dict(peft_model, state)
+        return
+    with torch.no_grad():
+        for key, name in names.items():
+            params[name].copy_(state[key].to(params[name].dtype))
 
 
 def attach_adapter(emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -> nn.Module:
