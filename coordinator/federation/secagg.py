@@ -62,6 +62,7 @@ class SecAggFedAvg(LegacyFedAvg):
         )
         self.run, self.cfg = run, cfg
         self.trained = trained_adapter_names(run.adapter, cfg.lora_rank, cfg.lora_aggregation == "product")
+        self._bytes_up = 4 * sum(run.adapter[k].numel() for k in self.trained)
         self.pending: dict | None = None  # the round aggregate_fit saw, recorded by evaluate
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -153,7 +154,7 @@ class SecAggFedAvg(LegacyFedAvg):
         clients = [
             {"node": int(n), "status": "ok" if n in summed else "dropped", "standin_sent": False,
              "reason": "" if n in summed else "dropped out of the SecAgg+ round",
-             "bytes_down": self._bytes_down, "bytes_up": 0,  # the masked vector is never seen alone
+             "bytes_down": self._bytes_down, "bytes_up": self._bytes_up if n in summed else 0,
              **({S.NUM_EXAMPLES: summed[n].num_examples} if n in summed else {})}
             for n in self._sent
         ]  # fmt: skip
@@ -173,11 +174,14 @@ class SecAggFedAvg(LegacyFedAvg):
             "clients": clients,
             "rejected": 0,
             "privacy": None,
+            # bytes_up is the fp32 size of the delta each masked vector carries: Flower quantises it
+            # before masking, and the coordinator never sees one site's vector alone to count it.
             "secagg": {
                 "sampled": [int(n) for n in self._sent],
                 "summed": sorted(summed),
                 "dropped": len(self._sent) - len(results),
-            },  # fmt: skip
+                "bytes_up_basis": "fp32 size of the delta",
+            },
         }
 
 
