@@ -3,7 +3,8 @@
 Used by the concurrency test (two of these at once), the crash test (`--crash`: after the
 finished rounds, start writing one more round and die with SIGKILL in the middle of it) and the
 staleness test (`--hold`: a coordinator's RunRecorder, heartbeat included, that records its rounds,
-starts one more and waits there, with round-timeout ROUND_TIMEOUT_S, for the test to kill it).
+starts one more and waits there, with round-timeout ROUND_TIMEOUT_S, for the test to kill it;
+`--exit`: the same, but it leaves with sys.exit(0) instead of waiting).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from tests.ops.entries import make_entry
 def main(argv: list[str]) -> None:
     """Write ROUNDS rounds of 8 clients; with --crash, die half-way through round ROUNDS+1."""
     url, run_dir, n = argv[0], argv[1], int(argv[2])
-    if "--hold" in argv:
-        hold(url, run_dir, n)
+    if "--hold" in argv or "--exit" in argv:
+        hold(url, run_dir, n, leave="--exit" in argv)
         return
     start_at = float(os.environ.get("START_AT", "0"))
     pause = float(os.environ.get("PAUSE_S", "0"))
@@ -50,8 +51,8 @@ def main(argv: list[str]) -> None:
     store.finish_run(run_id, {"five_numbers": {"plug-in": 50.0}})
 
 
-def hold(url: str, run_dir: str, n: int) -> None:
-    """Record n rounds through a RunRecorder, start round n+1, say "holding" and wait to be killed."""
+def hold(url: str, run_dir: str, n: int, leave: bool = False) -> None:
+    """Record n rounds through a RunRecorder, start round n+1, say "holding" and wait to be killed (or exit)."""
     config = {"rounds": n + 1, "round-timeout": float(os.environ.get("ROUND_TIMEOUT_S", "2"))}
     rec = RunRecorder(RunStore(url), n + 1)
     rec.run_started(Path(run_dir), config, {"full zero-shot": 40.0}, {"hash": "x"}, [])
@@ -60,6 +61,8 @@ def hold(url: str, run_dir: str, n: int) -> None:
         rec.round_finished(make_entry(rnd))
     rec.round_started(n + 1, list(range(8)))
     print("holding", flush=True)
+    if leave:
+        sys.exit(0)
     time.sleep(3600)
 
 

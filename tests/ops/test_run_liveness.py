@@ -135,6 +135,21 @@ def test_killed_coordinator_goes_stale_once_its_heartbeat_is_older_than_a_round_
             proc.kill()
 
 
+def test_a_run_still_going_when_the_process_exits_is_marked_stopped(store_url, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.ops.store_writer", store_url, str(tmp_path / "run"), "1", "--exit"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    store = RunStore(store_url)
+    (run,) = store.list_runs()
+    assert run["status"] == "stopped" and run["current_round"] == 1 and not run["stale"]
+    assert "coordinator process exited during round 2" in store.events(run["id"])[0]["message"]
+
+
 def test_staleness_is_judged_against_the_runs_round_timeout():
     row = {"status": "running", "updated_at": 1000.0}
     assert mark_staleness(dict(row), {"round-timeout": 60.0}, now=1059.0)["stale"] is False

@@ -2,11 +2,14 @@
 
 While the run goes on, a heartbeat thread touches the run's row a few times per round-timeout, so
 the dashboard can tell a run whose coordinator died without a word (SIGKILL, power loss) from a
-slow round: the first goes stale once its row is older than the round-timeout.
+slow round: the first goes stale once its row is older than the round-timeout. A run still going
+when the interpreter exits (sys.exit from another thread, or Flower's own signal handler ending a
+simulation whose ServerApp runs in a thread) is marked stopped on the way out.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Callable
@@ -87,6 +90,7 @@ class RunRecorder(RunObserver):
         self.last_round = max((e["round"] for e in history), default=0)
         run_id = self.run_id
         self._heartbeat = Heartbeat(lambda: self.store.heartbeat(run_id), beat_interval_s(config)).start()
+        atexit.register(self._at_exit)
 
     def round_started(self, rnd: int, nodes: list[int]) -> None:
         """Show the round's nodes as training."""
@@ -128,3 +132,16 @@ class RunRecorder(RunObserver):
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+            atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        try:
+            self.run_failed(ProcessExit())
+        except Exception:  # noqa: BLE001 - the store may be gone too; the run then goes stale
+            log.warning("could not mark the run stopped on exit", exc_info=True)
+
+
+class ProcessExit(BaseException):
+    """The interpreter exits while a run goes on."""
+
+    stop_reason = "coordinator process exited"
