@@ -3,8 +3,8 @@
 While the run goes on, a heartbeat thread touches the run's row a few times per round-timeout, so
 the dashboard can tell a run whose coordinator died without a word (SIGKILL, power loss) from a
 slow round: the first goes stale once its row is older than the round-timeout. A run still going
-when the interpreter exits (sys.exit from another thread, or Flower's own signal handler ending a
-simulation whose ServerApp runs in a thread) is marked stopped on the way out.
+when the interpreter exits normally (e.g. sys.exit from another thread) is marked stopped on the
+way out; a process ended by os._exit or a signal's default action can only go stale.
 """
 
 from __future__ import annotations
