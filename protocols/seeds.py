@@ -38,6 +38,11 @@ def sample_nodes(seed: int, server_round: int, nodes: Sequence[int], k: int) -> 
     return sorted(round_sampler(seed, server_round).sample(sorted(nodes), min(k, len(nodes))))
 
 
+def dp_noise_seed(seed: int, server_round: int) -> int:
+    """The 32-bit seed of a round's DP noise (numpy's legacy seeding takes 32 bits)."""
+    return digest_seed("dp-noise", seed, server_round, bits=32)
+
+
 def dare_tensor_seed(seed: int, name: str) -> int:
     """Per-tensor DARE generator seed: 63 bits of SHA-256('<seed>:<name>')."""
     return digest_seed(seed, name)

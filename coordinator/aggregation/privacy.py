@@ -21,6 +21,7 @@ import json
 import logging
 import math
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
@@ -34,6 +35,7 @@ from coordinator.aggregation.robust import plain_replies
 from coordinator.config import FederationConfig
 from protocols.records import from_float32_record, to_float32_record
 from protocols.schema import ProtocolError
+from protocols.seeds import dp_noise_seed
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -113,7 +115,14 @@ class CentralDP:
     ) -> dict[str, torch.Tensor] | None:
         """`previous` + noised mean of the clipped deltas, or None (the wrapper refused the round)."""
         replies = plain_replies(previous, deltas, [1.0] * len(deltas))
-        arrays, _ = self.wrapper.aggregate_train(server_round, replies)
+        # Flower draws the noise from numpy's global generator: seed it from the run seed for this
+        # round only, so a run is reproducible and nothing else's random stream moves.
+        saved = np.random.get_state()
+        np.random.seed(dp_noise_seed(self.cfg.seed, server_round))
+        try:
+            arrays, _ = self.wrapper.aggregate_train(server_round, replies)
+        finally:
+            np.random.set_state(saved)
         if arrays is None:
             log.warning("round %d: the DP wrapper released nothing (a sampled site's update is missing)",
                         server_round)  # fmt: skip

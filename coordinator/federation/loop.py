@@ -12,6 +12,7 @@ import time
 
 from flwr.app import Context
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from coordinator.config import FederationConfig
 from coordinator.federation.messages import evaluate_config, train_config
@@ -61,7 +62,7 @@ def run_federation(
             privacy = play_secure_rounds(run, grid, context)
         else:
             privacy = play_rounds(run, grid)
-        if run.history and run.history[-1]["round"] < cfg.rounds:
+        if run.stop_reason is None and run.history and run.history[-1]["round"] < cfg.rounds:
             log.info(
                 "stop-after %d reached: stopping; resume=true continues from this checkpoint", cfg.stop_after
             )
@@ -84,7 +85,12 @@ def play_rounds(run: Run, grid: Grid) -> dict | None:
     strategy.load_state_dict(run.strategy_state)
     arrays = to_float32_record(run.adapter)
     for rnd in range(run.start + 1, last_round(run.cfg) + 1):
-        arrays = play_round(run, strategy, grid, rnd, arrays)
+        try:
+            arrays = play_round(run, strategy, grid, rnd, arrays)
+        except PrivacyBudgetExhausted as exc:  # raised before round rnd sends anything
+            run.stop_reason = f"dp-max-epsilon {run.cfg.dp_max_epsilon} reached before round {rnd}: {exc}"
+            log.warning("%s; the run ends with round %d's adapter", run.stop_reason, rnd - 1)
+            break
     return strategy.privacy_spent()
 
 

@@ -132,6 +132,7 @@ class Run:
     history: list[dict]
     start: int
     strategy_state: dict = field(default_factory=dict)
+    stop_reason: str | None = None  # why the run ended before its last round (the ε budget), if it did
 
     @property
     def standin_info(self) -> dict:
@@ -211,6 +212,7 @@ def finish_run(run: Run, privacy: dict | None) -> dict:
     )
     report["mode"] = "secagg+" if cfg.secure_aggregation else "plain"
     report["privacy"] = privacy  # final ε (None without DP)
+    report["stopped_early"] = run.stop_reason
     path = save_report(report, run.run_dir / "report.json")
     log.info("report %s\n%s", path, format_summary(report))
     run.obs.run_finished(report)

@@ -50,3 +50,25 @@ def test_client_side_dp_refuses_an_unclipped_update_and_spends_nothing(quick_run
     assert not report["rounds"][0]["updated"] and report["privacy"]["epsilon"] == 0.0
     sent = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert all(m.content["config"]["clip-norm"] == 0.05 for m in sent)  # sites are told the bound
+
+
+def test_seeded_dp_runs_are_reproduced_bit_for_bit(quick_run, tmp_path):
+    dp = {"dp": "server", "dp-noise-multiplier": 1.0, "dp-clip-norm": 0.05, "clients-per-round": 2}
+    first, _ = run({**quick_run, **dp, "run-name": "a"}, tmp_path, n=2)
+    again, _ = run({**quick_run, **dp, "run-name": "b"}, tmp_path, n=2)
+    other, _ = run({**quick_run, **dp, "run-name": "c", "seed": 1}, tmp_path, n=2)
+    a, b, c = (load_latest(Path(r["run_dir"]))["adapter"] for r in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed: the same noise, the same adapter
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_reaching_the_epsilon_budget_is_a_clean_stop(quick_run, tmp_path):
+    # The budget admits one release of noise 1.0 but not two: round 2 never starts.
+    budget = (_epsilon(1.0, 1, 1e-5) + _epsilon(1.0, 2, 1e-5)) / 2
+    dp = {"dp": "server", "dp-noise-multiplier": 1.0, "dp-clip-norm": 0.05, "dp-delta": 1e-5,
+          "dp-max-epsilon": budget, "rounds": 3, "clients-per-round": 2}  # fmt: skip
+    report, _ = run({**quick_run, **dp}, tmp_path, n=2)
+    assert [r["round"] for r in report["rounds"]] == [1]
+    assert "dp-max-epsilon" in report["stopped_early"] and "round 2" in report["stopped_early"]
+    assert report["privacy"]["epsilon"] <= budget and report["five_numbers"]["plug-in"] is not None
+    assert (Path(report["run_dir"]) / "adapter.safetensors").exists()
