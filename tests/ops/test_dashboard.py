@@ -147,6 +147,16 @@ def test_dashboard_in_headless_chromium_updates_live(tmp_path, free_port):
         expect(page.locator("#chart-eps canvas")).to_be_visible()
         expect(page.locator("#eps-off")).to_be_hidden()
         expect(page.locator('#five td[data-key="full FT (centralised)"]')).to_have_text("70.0")
+
+        # A running run whose heartbeat is older than its round-timeout: its coordinator is gone.
+        gone = store.start_run(tmp_path / "run-gone", {"round-timeout": 0.5}, 3, {}, {})
+        time.sleep(1.0)
+        page.goto(f"{srv.url}/runs/{gone}")
+        expect(page.locator("#status")).to_have_text("stale", timeout=15_000)
+        expect(page.locator("#failure-title")).to_have_text("Coordinator gone")
+        expect(page.locator("#failure-reason")).to_contain_text("resume=true")
+        page.goto(srv.url + "/")
+        expect(page.locator("#runs tbody tr").first.locator(".badge")).to_have_text("stale")
         browser.close()
     assert errors == []
     assert (ARTIFACTS / "dashboard-running.png").stat().st_size > 20_000
