@@ -308,7 +308,9 @@ class OffsiteStrategy:
         delta = codecs.decode(encoded, expected={k: self.shapes[k] for k in names})
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
         if self.cfg.max_update_norm and norm > self.cfg.max_update_norm:
-            raise S.ProtocolError(f"update norm {norm:.4g} exceeds max-update-norm {self.cfg.max_update_norm}")
+            raise S.ProtocolError(
+                f"update norm {norm:.4g} exceeds max-update-norm {self.cfg.max_update_norm}"
+            )
         metrics = dict(content.metric_records[S.METRICS_RECORD])
         if not metrics[S.NUM_EXAMPLES] > 0:
             raise S.ProtocolError("update reports no training examples")

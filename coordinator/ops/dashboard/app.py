@@ -93,10 +93,12 @@ def api_docs_page(schema: dict) -> str:
     for path, methods in schema.get("paths", {}).items():
         for method, op in methods.items():
             text = html.escape(op.get("description") or op.get("summary") or "")
-            rows.append(f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td><td>{text}</td></tr>")
+            rows.append(
+                f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td><td>{text}</td></tr>"
+            )
     body = (
         '<h2>JSON API</h2><table class="grid"><thead><tr><th>method</th><th>path</th><th>returns</th></tr>'
-        f'</thead><tbody>{"".join(rows)}</tbody></table>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
         '<p class="small">The full schema: <a href="/api/openapi.json">/api/openapi.json</a></p>'
     )
     return _PAGE.format(title="API", body=body)
