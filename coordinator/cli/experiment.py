@@ -56,9 +56,10 @@ def experiment(
         str, typer.Option(help="CRaSh clustering: balanced (≤ ceil(middle/keep) blocks each) or adjacent.")
     ] = "balanced",
     share: Annotated[
-        str, typer.Option(help="CRaSh sharing: full, partial:R (each kept block run ≤ R times) or none.")
-    ] = "full",
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Adapter learning rate (default: 1e-3).")] = None,
+        str | None,
+        typer.Option(help="CRaSh sharing: full, partial:R (≤ R runs each) or none [default: by model size]."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Adapter lr [default: by model size].")] = None,
     lora_rank: Annotated[
         int, typer.Option(min=0, help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,
@@ -90,7 +91,7 @@ def experiment(
 
     try:
         # Only the spelling of the CRaSh options is checked here; sizes are checked against the model later.
-        options = EmulatorOptions("crash", first, last, keep, clustering=clustering, share=share)
+        options = EmulatorOptions("crash", first, last, keep, clustering=clustering, share=share or "full")
         options.check(first + last + keep)
     except ValueError as exc:
         fail(f"--clustering/--share: {exc}")
@@ -98,9 +99,7 @@ def experiment(
         _say_split(task, test_file)
     cfg = ExperimentConfig(model=model, task=task_spec, variants=names, seeds=list(range(seeds)), steps=steps,
                            first=first, last=last, keep=keep, lora_rank=lora_rank, n_test=n_test,
-                           distill_steps=distill_steps, clustering=clustering, share=share)  # fmt: skip
-    if lr is not None:
-        cfg.lr = lr
+                           distill_steps=distill_steps, clustering=clustering, share=share, lr=lr)  # fmt: skip
     try:
         report = _run(cfg, run_experiment)
     except (FileNotFoundError, ValueError, DataError) as exc:

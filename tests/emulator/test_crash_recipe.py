@@ -105,3 +105,10 @@ def test_cli_refuses_an_unknown_share_mode_before_loading_a_model(tmp_path):
     assert result.exit_code == 2 and "sharing mode 'half'" in result.output
     result = CliRunner().invoke(app, ["derive", "--share", "partial:0", "--out", str(tmp_path / "emu")])
     assert result.exit_code == 2 and "sharing mode" in result.output
+
+
+def test_experiment_recipe_follows_model_size():
+    from coordinator.experiment import recipe_defaults
+
+    assert recipe_defaults(6_900_000) == {"lr": 1e-3, "share": "full"}  # zoo:base keeps its recipe
+    assert recipe_defaults(135_000_000) == {"lr": 3e-4, "share": "none"}  # SmolLM2-135M
