@@ -9,6 +9,7 @@ instance can be built (encoder-decoder or multimodal classes, kernels this machi
 
     python -m bench.coverage              # prints the table, writes bench/results/coverage.json
     python -m bench.coverage llama gpt2   # only these families (does not write the JSON)
+    python -m bench.coverage --markdown   # the docs/models.md tables from the JSON
 """
 
 from __future__ import annotations
@@ -107,14 +108,66 @@ TINY: dict[str, object] = {
     "expand": 2,
 }
 
+_SSM = {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 8, "mamba_chunk_size": 16}
+
 # Per-family extras on top of TINY (fields whose defaults do not fit the tiny shape).
 EXTRA: dict[str, dict[str, object]] = {
     # RWKV halves weights by position every `rescale_every` blocks at inference; keep it off.
     "rwkv": {"rescale_every": 0},
+    # Hybrids whose block kinds are a pattern over the layers, not a count.
+    "nemotron_h": {"layers_block_type": ["mamba", "moe", "attention", "mlp", "mamba", "attention"]},
+    "bamba": {**_SSM, "attn_layer_indices": [1, 4]},
+    "granitemoehybrid": {**_SSM, "layer_types": ["mamba", "attention", "mamba", "mamba", "attention", "mamba"]},
+    "falcon_h1": {**_SSM, "mamba_d_ssm": 64},
+    "mamba2": {"num_heads": 4, "head_dim": 16, "n_groups": 1, "state_size": 8, "chunk_size": 16},
+    "zamba2": {**_SSM, "layer_types": ["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid"]},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention", "conv", "conv", "full_attention", "conv"],
+                 "num_dense_layers": 1},
+    # Fields the shared shape does not reach.
+    "dbrx": {"attn_config": {"kv_n_heads": 2}, "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}},
+    "gpt_neo": {"attention_types": [[["global", "local"], 3]], "window_size": 4},
+    "cpmant": {"dim_head": 8, "dim_ff": 64, "prompt_length": 4, "init_std": 0.02},
+    "ctrl": {"dff": 64},
+    "roc_bert": {"shape_vocab_size": 16, "shape_embed_dim": 8, "pronunciation_vocab_size": 16,
+                 "pronunciation_embed_dim": 8},
+    "dots3_note": {"num_key_value_heads": 4},
+    "dots3_note_text": {"num_key_value_heads": 4},
+    "gemma3n_text": {"intermediate_size": 64, "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 8,
+                     "num_kv_shared_layers": 2, "laurel_rank": 4, "activation_sparsity_pattern": [0.0] * LAYERS},
+    "gemma4_text": {"vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 8},
+    "gemma4_assistant": {"hidden_size_per_layer_input": 0},
+    "kimi_linear": {"layer_types": ["linear_attention", "full_attention", "linear_attention", "linear_attention",
+                                    "full_attention", "linear_attention"],
+                    "kv_lora_rank": 16, "linear_head_dim": 8, "linear_num_heads": 4, "num_experts_per_token": 2},
+    "longcat_flash": {"ffn_hidden_size": 64, "expert_ffn_hidden_size": 32, "zero_expert_num": 2, "moe_topk": 2},
+    "inkling_text": {"swa_num_attention_heads": 4, "swa_num_key_value_heads": 2, "swa_head_dim": 8,
+                     "sliding_window_size": 4, "moe_intermediate_size": 32, "n_shared_experts": 1},
+    "inkling2_text": {"unpadded_vocab_size": VOCAB, "swa_num_attention_heads": 4, "swa_num_key_value_heads": 2,
+                      "swa_head_dim": 8, "sliding_window_size": 4, "n_layers_per_attn_res_block": 2},
+    "inkling2_loop_text": {"unpadded_vocab_size": VOCAB, "swa_num_attention_heads": 4,
+                           "swa_num_key_value_heads": 2, "swa_head_dim": 8, "sliding_window_size": 4},
+    "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 16},
+    "xlstm": {"embedding_dim": 32, "num_heads": 4, "chunk_size": 4, "ffn_round_up_to_multiple_of": 8},
 }
 
 # Families that cannot be built as a tiny text-only causal LM here, and why.
-SKIP: dict[str, str] = {}
+_MULTIMODAL = "multimodal (vision/audio towers): no text-only causal LM to build"
+SKIP: dict[str, str] = {
+    "gemma3": f"{_MULTIMODAL}; its text model is gemma3_text",
+    "gemma3n": f"{_MULTIMODAL}; its text model is gemma3n_text",
+    "gemma4": f"{_MULTIMODAL}; its text model is gemma4_text",
+    "gemma4_unified": f"{_MULTIMODAL}; its text model is gemma4_unified_text",
+    "git": _MULTIMODAL,
+    "got_ocr2": _MULTIMODAL,
+    "phi4_multimodal": _MULTIMODAL,
+    "moss_transcribe_diarize": _MULTIMODAL,
+    "dots3_note": f"{_MULTIMODAL}; its text model is dots3_note_text",
+    "musicgen": "text-to-audio: a codebook decoder conditioned on a text encoder",
+    "musicgen_melody": "text-to-audio: a codebook decoder conditioned on a text encoder",
+    "blt": "byte latent transformer: local byte encoder/decoder around a global transformer, hash embeddings",
+    "gemma4_unified_assistant": "draft model: runs on the KV states its target model shares with it",
+    "xmod": "needs a language adapter chosen with set_default_language() before any forward",
+}
 
 
 def _known_keys(config) -> set[str]:
@@ -129,15 +182,23 @@ def tiny_config(family: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         default = cls()
-    kwargs = {k: v for k, v in TINY.items() if k in _known_keys(default)}
-    if "kv_lora_rank" in kwargs:  # latent attention expands keys and values per query head
-        kwargs["num_key_value_heads"] = TINY["num_attention_heads"]
-    for sub in ("text_config",):
-        sub_default = getattr(default, sub, None)
-        if sub_default is not None and hasattr(sub_default, "to_dict"):
-            kwargs[sub] = {k: v for k, v in TINY.items() if k in _known_keys(sub_default)}
-    kwargs.update(EXTRA.get(family, {}))
+    extra = EXTRA.get(family, {})
+    kwargs = _tiny_fields(default, extra)
+    text = getattr(default, "text_config", None)
+    if text is not None and hasattr(text, "to_dict"):
+        kwargs["text_config"] = _tiny_fields(text, extra)
+        kwargs.update({k: v for k, v in extra.items() if k not in kwargs["text_config"]})
+    else:
+        kwargs.update(extra)
     return cls(**kwargs)
+
+
+def _tiny_fields(config, extra: dict) -> dict:
+    known = _known_keys(config)
+    fields = {k: v for k, v in {**TINY, **extra}.items() if k in known}
+    if "kv_lora_rank" in fields:  # latent attention expands keys and values per query head
+        fields["num_key_value_heads"] = TINY["num_attention_heads"]
+    return fields
 
 
 def tiny_model(family: str, seed: int = 0) -> nn.Module:
@@ -249,7 +310,7 @@ def check_lora(fam: Family, method: str = "uniform", rank: int = 2) -> None:
     )
     tuned, base = logits(plugged, fam.batch), logits(fam.full, fam.batch)
     assert not torch.allclose(tuned, base), "plugged-in LoRA changed nothing"
-    merged = copy.deepcopy(plugged).merge_and_unload().eval()
+    merged = plugged.merge_and_unload().eval()  # in place: plugged is a copy made for this check
     assert torch.allclose(logits(merged, fam.batch), tuned, atol=1e-5, rtol=1e-4), "merged != unmerged"
 
 
@@ -265,12 +326,30 @@ def check_config_per_position(fam: Family, method: str = "crash") -> str | None:
     expected = {k: tuple(v.shape) for k, v in emu.model.state_dict().items()}
     if {k: tuple(v.shape) for k, v in fresh.state_dict().items()} != expected:
         return "blocks follow an index rule the config cannot re-index (rebuilt from the full config)"
+    differ = _index_constants(fresh, emu.model)
+    if differ:
+        return f"blocks hold constants computed from their index at init ({', '.join(differ)})"
     fresh.load_state_dict(emu.model.state_dict())
     fresh.tie_weights()
     assert torch.allclose(logits(fresh, fam.batch), logits(emu.model, fam.batch), atol=1e-6), (
         "the emulator's config does not describe what its positions run"
     )
     return None
+
+
+def _index_constants(a: nn.Module, b: nn.Module) -> list[str]:
+    """Plain numeric attributes (not weights, not layer_idx) that differ between two models' blocks."""
+    from emulator.blocks import get_blocks
+
+    out = set()
+    for block_a, block_b in zip(get_blocks(a), get_blocks(b), strict=True):
+        modules_b = dict(block_b.named_modules())
+        for name, ma in block_a.named_modules():
+            for attr, value in vars(ma).items():
+                plain = type(value) in (int, float) and not attr.startswith("_") and attr != "layer_idx"
+                if plain and name in modules_b and vars(modules_b[name]).get(attr) != value:
+                    out.add(f"{name}.{attr}" if name else attr)
+    return sorted(out)
 
 
 def check_save_load(fam: Family, method: str = "crash") -> None:
@@ -402,10 +481,38 @@ def refused_families(path: Path = RESULTS / "coverage.json") -> list[str]:
     return [r["family"] for r in rows if r["status"] == "refused"]
 
 
+def markdown(data: dict) -> str:
+    """The docs/models.md coverage tables from a coverage.json."""
+    rows = data["families"]
+    covered = [r["family"] for r in rows if r["status"] == "covered"]
+    lines = [
+        f"Covered ({len(covered)} of {len(rows)} model types, transformers {data['versions']['transformers']}):",
+        "",
+        ", ".join(f"`{f}`" for f in covered) + ".",
+        "",
+    ]
+    for status, title in (("refused", "Refused"), ("skipped", "Not built (no tiny text-only instance)")):
+        picked = [r for r in rows if r["status"] == status]
+        if picked:
+            lines += [f"{title}:", "", "| model type | reason |", "|---|---|"]
+            lines += [f"| `{r['family']}` | {_reason(r['reason'])} |" for r in picked]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _reason(text: str) -> str:
+    # The error names the model type again; the table already does.
+    text = text.split(" is not supported", 1)[-1].lstrip(":").strip()
+    return text.replace("|", "\\|")
+
+
 def main(argv: list[str]) -> int:
     """Try the named families (default: all), print the table, write the JSON for a full run."""
     import transformers
 
+    if argv == ["--markdown"]:
+        print(markdown(json.loads((RESULTS / "coverage.json").read_text())))
+        return 0
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     names = argv or families()

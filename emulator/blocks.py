@@ -35,7 +35,19 @@ class BlockPaths:
 
 
 # Per-family corrections to what the structure search finds (BlockPaths field -> value).
-REGISTRY: dict[str, dict[str, object]] = {}
+# "lora_exclude" drops layer names from the LoRA targets found.
+_MAMBA = {"lora_exclude": ("out_proj", "conv1d", "dt_proj")}
+REGISTRY: dict[str, dict[str, object]] = {
+    # peft refuses LoRA on Mamba mixers' out_proj and conv1d; dt_proj's weight is used directly
+    # (not through its forward), so LoRA on it would do nothing until merged.
+    "mamba": _MAMBA,
+    "falcon_mamba": _MAMBA,
+    "mamba2": _MAMBA,
+    "falcon_h1": _MAMBA,
+    "nemotron_h": _MAMBA,
+    # The router reads classifier.weight directly.
+    "longcat_flash": {"lora_exclude": ("classifier",)},
+}
 
 # Families the structure search would accept but whose emulators would be wrong, and why.
 REFUSED: dict[str, str] = {}
@@ -118,6 +130,10 @@ def _check_family(base: nn.Module) -> None:
         raise _refuse(base, REFUSED[config.model_type])
     if getattr(config, "is_encoder_decoder", False):
         raise _refuse(base, "encoder-decoder models have no single decoder block stack to emulate")
+    if (_attr(text_config(config), "num_kv_shared_layers") or 0) > 0:
+        raise _refuse(base, "later layers reuse earlier layers' KV caches (num_kv_shared_layers > 0)")
+    if (_attr(text_config(config), "hidden_size_per_layer_input") or 0) > 0:
+        raise _refuse(base, "per-layer input embeddings are laid out by depth (hidden_size_per_layer_input > 0)")
     towers = [k for k in MULTIMODAL_CONFIGS if getattr(config, k, None) is not None]
     if towers:
         raise _refuse(base, f"multimodal ({', '.join(towers)}); use the family's text-only causal LM")
@@ -136,7 +152,15 @@ def _find_blocks(base: nn.Module) -> str:
         found = [(n, m) for n, m in lists if len(m) >= 2 and len({type(c) for c in m}) == 1]
     if not found:
         raise _refuse(base, f"no decoder block list found (no nn.ModuleList of {count} blocks)")
-    name, _ = max(found, key=lambda item: (_size(item[1]), -item[0].count(".")))
+    found.sort(key=lambda item: (_size(item[1]), -item[0].count(".")), reverse=True)
+    name, blocks = found[0]
+    # Anything else of that length outside the chosen list holds per-layer parts too (XLM keeps
+    # attentions and ffns in parallel lists; HRM runs two stacks in cycles): no block is whole.
+    others = [n for n, m in found[1:] if not n.startswith(name + ".") and _size(m) > 0]
+    if others and (len(blocks) == count or type(found[1][1][0]) is type(blocks[0])):
+        raise _refuse(
+            base, f"layers are split over several module lists ({', '.join([name, *others][:4])}), not one block list"
+        )
     return name
 
 
@@ -178,9 +202,11 @@ def _extra_embeddings(base: nn.Module, blocks: str, first: str, head: str) -> li
 
 
 def _is_lora_linear(module: nn.Module) -> bool:
-    # Linear subclasses that are not linear maps (routers returning tuples) must not get LoRA.
+    # A subclass that overrides both construction and forward (a router returning a tuple, a
+    # grouped projection) is not a plain linear map, so LoRA on it would not merge.
     if isinstance(module, nn.Linear):
-        return type(module).forward is nn.Linear.forward or type(module).__name__.endswith("Linear")
+        cls = type(module)
+        return cls.forward is nn.Linear.forward or cls.__init__ is nn.Linear.__init__
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
@@ -189,8 +215,12 @@ def lora_target_names(blocks: nn.ModuleList) -> tuple[str, ...]:
     names: dict[str, None] = {}
     for block in blocks:
         for name, module in block.named_modules():
-            if name and _is_lora_linear(module):
-                names.setdefault(name.rsplit(".", 1)[-1], None)
+            parts = name.split(".")
+            if "lora_A" in parts or "lora_B" in parts or not _is_lora_linear(module):
+                continue  # LoRA's own layers, where peft already wrapped the model
+            parts = parts[:-1] if parts[-1] == "base_layer" else parts
+            if parts and parts[-1]:
+                names.setdefault(parts[-1], None)
     return tuple(names)
 
 
@@ -213,7 +243,10 @@ def discover(model: nn.Module) -> BlockPaths:
         head=head,
         lora_targets=lora_target_names(get_path(base, blocks)),
     )
-    return replace(paths, **REGISTRY.get(base.config.model_type, {}))
+    override = dict(REGISTRY.get(base.config.model_type, {}))
+    exclude = set(override.pop("lora_exclude", ()))
+    paths = replace(paths, lora_targets=tuple(n for n in paths.lora_targets if n not in exclude))
+    return replace(paths, **override)
 
 
 def paths_for(model: nn.Module) -> BlockPaths:
@@ -323,10 +356,11 @@ def select_layers(config, layout: list[int], source=None) -> None:
 
 
 def _check_derived_lists(config, source, layout: list[int], n: int) -> None:
-    # Read-only per-layer lists (Jamba's layer_types from attn_layer_period/offset) follow an
-    # index rule, not the layout; the model would pick masks and caches for the wrong blocks.
-    for name in dir(type(config)):
-        if not isinstance(getattr(type(config), name, None), property) or name.startswith("_"):
+    # A read-only layer_types (Jamba's, from attn_layer_period/offset) follows an index rule, not
+    # the layout, and models pick each position's mask and cache from it. Other computed lists
+    # (RecurrentGemma's layers_block_type) only shape blocks at init, which keep their own.
+    for name in ("layer_types",):
+        if not isinstance(getattr(type(config), name, None), property):
             continue
         value = _attr(source, name)
         if not isinstance(value, (list, tuple)) or len(value) != n or _is_index_list(name, value, n):
@@ -385,7 +419,21 @@ def block_prefix(model: nn.Module, index: int) -> str:
 
 
 def set_layer_index(block: nn.Module, index: int) -> None:
-    """Point a block's attention at KV-cache slot `index` (transformers keys caches by layer_idx)."""
+    """Point a block's attention at KV-cache slot `index` (transformers keys caches by layer_idx).
+
+    A block with k cache slots of its own (LongCat-Flash: two attention sublayers, 2b and 2b+1)
+    gets slots k·index .. k·index+k-1.
+    """
+    inner = sorted({m.layer_idx for m in block.modules() if m is not block and _int(getattr(m, "layer_idx", None))})
+    k = len(inner)
+    stacked = k > 1 and inner == list(range(inner[0], inner[0] + k)) and inner[0] % k == 0
     for module in block.modules():
         if hasattr(module, "layer_idx"):
-            module.layer_idx = index
+            own = module is not block and stacked and _int(module.layer_idx)
+            module.layer_idx = index * k + module.layer_idx - inner[0] if own else index
+        if _int(getattr(module, "layer_id", None)):  # older classes (GPT-Neo)
+            module.layer_id = index
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
