@@ -21,6 +21,7 @@ def registry_choices() -> dict[str, tuple[str, ...]]:
     from coordinator.aggregation import registry as aggregators
     from coordinator.federation.standin import STANDIN_KINDS
     from emulator.data import PARTITIONERS
+    from emulator.derive import CLUSTERINGS
     from protocols.codecs import CODECS
 
     return {
@@ -31,6 +32,7 @@ def registry_choices() -> dict[str, tuple[str, ...]]:
         "partitioning": tuple(PARTITIONERS),
         "standin": tuple(STANDIN_KINDS),
         "emulator": emulator_methods(),
+        "clustering": tuple(CLUSTERINGS),
     }
 
 
@@ -60,6 +62,9 @@ class FederationConfig:
     adapter_last: int = 2
     keep: int = 3
     placement: str = "edges"
+    # CRaSh: balanced (size-bounded) or adjacent clustering; share full | partial:R | none (docs/emulators.md)
+    clustering: str = "balanced"
+    share: str = "full"
     distill_steps: int = 0
     calibration_texts: int = 256
     standin_dtype: str = "float16"
@@ -179,6 +184,7 @@ class FederationConfig:
             "partitioning": registered["partitioning"],
             "standin-dtype": ("float16", "float32"),
             "placement": ("edges", "spread"),
+            "clustering": registered["clustering"],
             "standin": registered["standin"],
         }
         for key, allowed in choices.items():
@@ -230,6 +236,7 @@ class FederationConfig:
             raise ConfigError(
                 "emulator=full removes nothing, so there is no middle to distil; set distill-steps=0"
             )
+        self._check_share()
         self._check_security()
         if self.lora_rank and self.lora_aggregation == "product" and self.strategy != "fedavg":
             raise ConfigError("product-space LoRA re-factorises every round; use strategy=fedavg with it")
@@ -250,6 +257,15 @@ class FederationConfig:
                 f"emulator must be one of {', '.join(registered['emulator'])} or a saved emulator directory; "
                 f"got {self.emulator!r}"
             )
+
+    def _check_share(self) -> None:
+        """`share` must be full, none or partial:R with R >= 1."""
+        from emulator.crash import share_repeats
+
+        try:
+            share_repeats(self.share)
+        except ValueError as exc:
+            raise ConfigError(f"share: {exc}") from None
 
     def _check_security(self) -> None:
         """Robust merges, DP and SecAgg+ only where their guarantees hold (docs/security.md)."""

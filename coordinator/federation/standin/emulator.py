@@ -21,7 +21,8 @@ def build(cfg: FederationConfig, full: nn.Module, tokenizer) -> Emulator:
     """Derive the run's emulator of `full` (CKA calibration for CRaSh; distilled if distill-steps > 0)."""
     from emulator.distill import distill, text_rows
 
-    options = EmulatorOptions(cfg.method, cfg.adapter_first, cfg.adapter_last, cfg.keep, cfg.placement)
+    options = EmulatorOptions(cfg.method, cfg.adapter_first, cfg.adapter_last, cfg.keep, cfg.placement,
+                              cfg.clustering, cfg.share)  # fmt: skip
     needs_text = cfg.method == "crash" or cfg.distill_steps
     calib = text_rows(tokenizer, public_texts(cfg.calibration_texts)) if needs_text else None
     emu = derive_emulator(full, options, calibration=calib, tokenizer=tokenizer)
