@@ -66,6 +66,7 @@ TINY: dict[str, object] = {
     "ffn_dim": 64,
     "ffn_hidden_size": 64,
     "decoder_layers": LAYERS,
+    "num_decoder_layers": LAYERS,
     "decoder_attention_heads": 4,
     "decoder_ffn_dim": 64,
     "rotary_dim": 4,
@@ -115,7 +116,9 @@ EXTRA: dict[str, dict[str, object]] = {
     # RWKV halves weights by position every `rescale_every` blocks at inference; keep it off.
     "rwkv": {"rescale_every": 0},
     # Hybrids whose block kinds are a pattern over the layers, not a count.
-    "nemotron_h": {"layers_block_type": ["mamba", "moe", "attention", "mlp", "mamba", "attention"]},
+    "nemotron_h": {"layers_block_type": ["mamba", "moe", "attention", "mlp", "mamba", "attention"],
+                   "ssm_state_size": 8, "mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 1,
+                   "chunk_size": 16, "moe_shared_expert_intermediate_size": 32},
     "bamba": {**_SSM, "attn_layer_indices": [1, 4]},
     "granitemoehybrid": {**_SSM, "layer_types": ["mamba", "attention", "mamba", "mamba", "attention", "mamba"]},
     "falcon_h1": {**_SSM, "mamba_d_ssm": 64},
@@ -271,6 +274,7 @@ class Family:
             name: derive_emulator(self.full, opts, calibration=self.batch)
             for name, opts in emulator_options().items()
         }
+        self.reference = logits(self.full, self.batch)
 
 
 def check_plug_in(fam: Family, method: str) -> None:
@@ -278,7 +282,7 @@ def check_plug_in(fam: Family, method: str) -> None:
     from emulator.plugin import plug_in
 
     plugged = plug_in(fam.full, fam.emulators[method].adapter_state_dict())
-    assert torch.equal(logits(plugged, fam.batch), logits(fam.full, fam.batch)), "logits moved"
+    assert torch.equal(logits(plugged, fam.batch), fam.reference), "logits moved"
 
 
 def _tuned_lora(emu, rank: int = 2):
@@ -295,21 +299,19 @@ def _tuned_lora(emu, rank: int = 2):
 
 def check_lora(fam: Family, method: str = "uniform", rank: int = 2) -> None:
     """LoRA tuned on the emulator lands on the same blocks of the full model and merges exactly."""
-    from emulator.plugin import attach_adapter, lora_state, plug_in_lora
+    from emulator.plugin import lora_state, plug_in_lora
 
     emu = fam.emulators[method]
     peft_emu = _tuned_lora(emu, rank)
     state = lora_state(peft_emu, emu.manifest.layout)
     assert {int(k.split(".")[1]) for k in state} == set(emu.manifest.adapter_blocks)
-    again = attach_adapter(copy.deepcopy(emu), state, rank).eval()
-    assert torch.equal(logits(again, fam.batch), logits(peft_emu, fam.batch)), "emulator LoRA round trip"
     plugged = plug_in_lora(fam.full, state, rank).eval()
     landed = lora_state(plugged)
     assert landed.keys() == state.keys() and all(torch.equal(v, landed[k]) for k, v in state.items()), (
         "LoRA weights moved"
     )
-    tuned, base = logits(plugged, fam.batch), logits(fam.full, fam.batch)
-    assert not torch.allclose(tuned, base), "plugged-in LoRA changed nothing"
+    tuned = logits(plugged, fam.batch)
+    assert not torch.allclose(tuned, fam.reference), "plugged-in LoRA changed nothing"
     merged = plugged.merge_and_unload().eval()  # in place: plugged is a copy made for this check
     assert torch.allclose(logits(merged, fam.batch), tuned, atol=1e-5, rtol=1e-4), "merged != unmerged"
 
@@ -346,7 +348,7 @@ def _index_constants(a: nn.Module, b: nn.Module) -> list[str]:
         modules_b = dict(block_b.named_modules())
         for name, ma in block_a.named_modules():
             for attr, value in vars(ma).items():
-                plain = type(value) in (int, float) and not attr.startswith("_") and attr != "layer_idx"
+                plain = isinstance(value, (int, float)) and not attr.startswith("_") and attr != "layer_idx"
                 if plain and name in modules_b and vars(modules_b[name]).get(attr) != value:
                     out.add(f"{name}.{attr}" if name else attr)
     return sorted(out)
@@ -391,7 +393,7 @@ def _decoding_mismatch(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> 
     return None
 
 
-def check_cached_decoding(fam: Family, method: str = "crash", new_tokens: int = 6) -> str | None:
+def check_cached_decoding(fam: Family, method: str = "crash", new_tokens: int = 4) -> str | None:
     """Greedy decoding with a KV cache gives the tokens and logits of decoding without one.
 
     Returns a note when the full model itself fails this (then it says nothing about the emulator).

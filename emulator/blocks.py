@@ -108,12 +108,18 @@ def _configs(config) -> list:
 
 
 def layer_count(config) -> int | None:
-    """The number of decoder blocks a config declares, under whichever name it uses."""
-    for cfg in _configs(config):
-        for name in LAYER_COUNT_NAMES:
-            value = _attr(cfg, name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
+    """The number of decoder blocks a config declares, under whichever name it uses.
+
+    Stored fields win over computed ones (LongCat-Flash derives num_hidden_layers = 2·num_layers;
+    ProphetNet's is its encoder's count).
+    """
+    for stored in (True, False):
+        for cfg in _configs(config):
+            derived = _derived(cfg)
+            for name in LAYER_COUNT_NAMES:
+                value = _attr(cfg, name)
+                if _int(value) and value > 0 and (name not in derived) == stored:
+                    return value
     return None
 
 
@@ -294,12 +300,11 @@ def set_blocks(model: nn.Module, blocks: list[nn.Module], layer_types: list[str]
 def _set_layer_count(config, n: int) -> None:
     old = layer_count(config)
     for cfg in _configs(config):
+        derived = _derived(cfg)
         for name in LAYER_COUNT_NAMES:
-            if _attr(cfg, name) == old:
-                try:
-                    setattr(cfg, name, n)
-                except (AttributeError, NotImplementedError):
-                    pass  # a read-only alias of a count set under another name
+            # Computed counts follow the stored one they derive from.
+            if name not in derived and _attr(cfg, name) == old:
+                setattr(cfg, name, n)
 
 
 def _per_layer(name: str, value, n: int) -> bool:
@@ -355,13 +360,19 @@ def select_layers(config, layout: list[int], source=None) -> None:
         _check_derived_lists(cfg, src, layout, n)
 
 
+def _derived(config) -> list[str]:
+    """Config attributes computed by a property (or an alias of one), not stored."""
+    cls = type(config)
+    props = [n for n in dir(cls) if not n.startswith("_") and isinstance(getattr(cls, n, None), property)]
+    aliases = [k for k, v in (getattr(config, "attribute_map", None) or {}).items() if v in props]
+    return props + aliases
+
+
 def _check_derived_lists(config, source, layout: list[int], n: int) -> None:
-    # A read-only layer_types (Jamba's, from attn_layer_period/offset) follows an index rule, not
-    # the layout, and models pick each position's mask and cache from it. Other computed lists
-    # (RecurrentGemma's layers_block_type) only shape blocks at init, which keep their own.
-    for name in ("layer_types",):
-        if not isinstance(getattr(type(config), name, None), property):
-            continue
+    # A computed per-layer list (Jamba's layer_types from attn_layer_period/offset) follows an
+    # index rule, not the layout: the emulator's config would misstate what positions run, and
+    # models pick each position's mask and cache from such lists.
+    for name in _derived(config):
         value = _attr(source, name)
         if not isinstance(value, (list, tuple)) or len(value) != n or _is_index_list(name, value, n):
             continue
