@@ -139,7 +139,9 @@ def _check_family(base: nn.Module) -> None:
     if (_attr(text_config(config), "num_kv_shared_layers") or 0) > 0:
         raise _refuse(base, "later layers reuse earlier layers' KV caches (num_kv_shared_layers > 0)")
     if (_attr(text_config(config), "hidden_size_per_layer_input") or 0) > 0:
-        raise _refuse(base, "per-layer input embeddings are laid out by depth (hidden_size_per_layer_input > 0)")
+        raise _refuse(
+            base, "per-layer input embeddings are laid out by depth (hidden_size_per_layer_input > 0)"
+        )
     towers = [k for k in MULTIMODAL_CONFIGS if getattr(config, k, None) is not None]
     if towers:
         raise _refuse(base, f"multimodal ({', '.join(towers)}); use the family's text-only causal LM")
@@ -165,7 +167,8 @@ def _find_blocks(base: nn.Module) -> str:
     others = [n for n, m in found[1:] if not n.startswith(name + ".") and _size(m) > 0]
     if others and (len(blocks) == count or type(found[1][1][0]) is type(blocks[0])):
         raise _refuse(
-            base, f"layers are split over several module lists ({', '.join([name, *others][:4])}), not one block list"
+            base,
+            f"layers are split over several module lists ({', '.join([name, *others][:4])}), not one block list",
         )
     return name
 
@@ -435,7 +438,9 @@ def set_layer_index(block: nn.Module, index: int) -> None:
     A block with k cache slots of its own (LongCat-Flash: two attention sublayers, 2b and 2b+1)
     gets slots k·index .. k·index+k-1.
     """
-    inner = sorted({m.layer_idx for m in block.modules() if m is not block and _int(getattr(m, "layer_idx", None))})
+    inner = sorted(
+        {m.layer_idx for m in block.modules() if m is not block and _int(getattr(m, "layer_idx", None))}
+    )
     k = len(inner)
     stacked = k > 1 and inner == list(range(inner[0], inner[0] + k)) and inner[0] % k == 0
     for module in block.modules():
