@@ -41,6 +41,8 @@ def emulator_methods() -> tuple[str, ...]:
     from emulator.derive import METHODS
 
     return tuple(METHODS)
+
+
 STRATEGIES = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "server", "client")
 CLIENT_EVAL = ("none", "final", "every")
@@ -237,7 +239,7 @@ class FederationConfig:
                 "emulator=full removes nothing, so there is no middle to distil; set distill-steps=0"
             )
         self._check_share()
-        self._check_security()
+        self._check_security(registered["robust-aggregator"])
         if self.lora_rank and self.lora_aggregation == "product" and self.strategy != "fedavg":
             raise ConfigError("product-space LoRA re-factorises every round; use strategy=fedavg with it")
         if self.standin == "control":
@@ -267,11 +269,11 @@ class FederationConfig:
         except ValueError as exc:
             raise ConfigError(f"share: {exc}") from None
 
-    def _check_security(self) -> None:
+    def _check_security(self, robust: tuple[str, ...]) -> None:
         """Robust merges, DP and SecAgg+ only where their guarantees hold (docs/security.md)."""
         if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
             raise ConfigError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
-        if self.aggregator in registry_choices()["robust-aggregator"] and self.lora_rank and self.lora_aggregation == "product":
+        if self.aggregator in robust and self.lora_rank and self.lora_aggregation == "product":
             raise ConfigError(
                 f"aggregator={self.aggregator} would merge LoRA A and B apart; use lora-aggregation=ffa"
             )
