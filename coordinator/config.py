@@ -62,11 +62,12 @@ class FederationConfig:
     emulator: str = "crash"  # crash | uniform | full | path of a saved emulator directory
     adapter_first: int = 2
     adapter_last: int = 2
-    keep: int = 3
+    keep: int = 0  # 0: about a third of the middle (emulator.recipe)
     placement: str = "edges"
-    # CRaSh: balanced (size-bounded) or adjacent clustering; share full | partial:R | none (docs/emulators.md)
+    # CRaSh: balanced (size-bounded) or adjacent clustering; share auto | full | partial:R | none
+    # (auto: by model size, emulator.recipe; docs/emulators.md)
     clustering: str = "balanced"
-    share: str = "full"
+    share: str = "auto"
     distill_steps: int = 0
     calibration_texts: int = 256
     standin_dtype: str = "float16"
@@ -83,7 +84,7 @@ class FederationConfig:
     min_clients: int = 1
     local_steps: int = 30
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 0.0  # 0: by model size (emulator.recipe)
     lora_rank: int = 0
     lora_aggregation: str = "ffa"
     seed: int = 0
@@ -164,6 +165,18 @@ class FederationConfig:
         """The kebab-case dict form (as in pyproject's [tool.flwr.app.config])."""
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
+    def with_recipe(self, n_params: int, n_blocks: int) -> FederationConfig:
+        """This config with lr, share and keep left at 0/auto filled in from the full model's size."""
+        from emulator.recipe import CONTROL_LR, recipe_for
+
+        recipe = recipe_for(n_params, n_blocks, self.adapter_first, self.adapter_last)
+        lr = recipe.lr if self.standin == "emulator" else CONTROL_LR
+        return self.replace(
+            lr=self.lr or lr,
+            share=recipe.share if self.share == "auto" else self.share,
+            keep=self.keep or recipe.keep,
+        )
+
     def replace(self, **changes: Any) -> FederationConfig:
         """A copy with some fields changed (snake_case names), checked."""
         data = asdict(self)
@@ -199,12 +212,12 @@ class FederationConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         non_negative = [
             "lora_rank", "distill_steps", "max_examples", "full_ft_steps", "stop_after", "threads",
-            "clip_norm", "max_update_norm", "adapter_first", "adapter_last", "eval_every",
+            "clip_norm", "max_update_norm", "adapter_first", "adapter_last", "eval_every", "keep", "lr",
         ]  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0; got {getattr(self, name)}")
-        for name in ("round_timeout", "query_timeout", "node_timeout", "lr"):
+        for name in ("round_timeout", "query_timeout", "node_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -261,9 +274,11 @@ class FederationConfig:
             )
 
     def _check_share(self) -> None:
-        """`share` must be full, none or partial:R with R >= 1."""
+        """`share` must be auto, full, none or partial:R with R >= 1."""
         from emulator.crash import share_repeats
 
+        if self.share == "auto":
+            return
         try:
             share_repeats(self.share)
         except ValueError as exc:

@@ -51,7 +51,12 @@ def experiment(
     steps: Annotated[int, typer.Option(min=1, help="Tuning steps per stage.")] = 100,
     first: Annotated[int, typer.Option(min=0, help="Adapter blocks at the bottom.")] = 2,
     last: Annotated[int, typer.Option(min=0, help="Adapter blocks at the top.")] = 2,
-    keep: Annotated[int, typer.Option(min=1, help="Middle blocks/clusters kept in the emulator.")] = 3,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Middle blocks/clusters kept in the emulator [default: about a third of the middle]."
+        ),
+    ] = None,
     clustering: Annotated[
         str, typer.Option(help="CRaSh clustering: balanced (≤ ceil(middle/keep) blocks each) or adjacent.")
     ] = "balanced",
@@ -91,8 +96,10 @@ def experiment(
 
     try:
         # Only the spelling of the CRaSh options is checked here; sizes are checked against the model later.
-        options = EmulatorOptions("crash", first, last, keep, clustering=clustering, share=share or "full")
-        options.check(first + last + keep)
+        options = EmulatorOptions(
+            "crash", first, last, keep or 1, clustering=clustering, share=share or "full"
+        )
+        options.check(first + last + (keep or 1))
     except ValueError as exc:
         fail(f"--clustering/--share: {exc}")
     if is_data_file(task):
@@ -122,7 +129,9 @@ def _say_split(task: str, test_file: Path | None) -> None:
         train, test = held_out_split(load_examples(task))
     except ValueError as exc:
         fail(str(exc))
-    console.print(split_note(task, len(train), len(test)) + "; --test-file chooses the test set", highlight=False)
+    console.print(
+        split_note(task, len(train), len(test)) + "; --test-file chooses the test set", highlight=False
+    )
 
 
 def _run(cfg, run_experiment) -> dict:

@@ -23,6 +23,7 @@ from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
 from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
+from emulator.recipe import recipe_for
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
@@ -61,11 +62,11 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     first: int = 2
     last: int = 2
-    keep: int = 3
+    keep: int | None = None  # None: about a third of the middle (`emulator.recipe`)
     clustering: str = "balanced"
-    share: str | None = None  # None: by model size (`recipe_defaults`)
+    share: str | None = None  # None: by model size (`emulator.recipe`)
     steps: int = 100
-    lr: float | None = None  # None: by model size (`recipe_defaults`)
+    lr: float | None = None  # None: by model size (`emulator.recipe`)
     full_lr: float = 3e-4
     batch_size: int = 16
     lora_rank: int = 0
@@ -111,12 +112,13 @@ class _Runner:
 
     def __init__(self, cfg: ExperimentConfig, progress: Progress | None, log, steps: Progress | None):
         self.full, self.tok = load_model(cfg.model)
-        auto = recipe_defaults(sum(p.numel() for p in self.full.parameters()))
-        cfg = replace(cfg, lr=auto["lr"] if cfg.lr is None else cfg.lr, share=cfg.share or auto["share"])
+        n_blocks = len(get_blocks(self.full))
+        auto = recipe_for(sum(p.numel() for p in self.full.parameters()), n_blocks, cfg.first, cfg.last)
+        cfg = replace(cfg, lr=auto.lr if cfg.lr is None else cfg.lr, share=cfg.share or auto.share,
+                      keep=cfg.keep or auto.keep)  # fmt: skip
         self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps
         self.train = load_task(cfg.task, "train")[: cfg.n_train]
         self.test = load_task(cfg.task, "test")[: cfg.n_test]
-        n_blocks = len(get_blocks(self.full))
         self.adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
         self.calib = text_rows(self.tok, public_texts(cfg.calibration_texts))
         self.variants = [Variant.parse(v) for v in cfg.variants]
@@ -221,19 +223,6 @@ def run_experiment(
     return build_report(
         run.cfg, run.results, run.timings, time.perf_counter() - t_start, len(run.train), len(run.test)
     )
-
-
-# Measured on wn-category (docs/experiments.md): the 6.9M zoo:base tunes best at lr 1e-3 with full
-# sharing; the 135M SmolLM2 at 3e-4 (1e-3 lets the emulator learn the task alone) and without sharing
-# (repeated blocks push its hidden state off course). Only those two sizes were measured.
-PRETRAINED_PARAMS = 50_000_000
-
-
-def recipe_defaults(n_params: int) -> dict:
-    """The adapter lr and CRaSh sharing used when not given, chosen by the full model's parameter count."""
-    if n_params >= PRETRAINED_PARAMS:
-        return {"lr": 3e-4, "share": "none"}
-    return {"lr": 1e-3, "share": "full"}
 
 
 def build_report(

@@ -26,6 +26,7 @@ from coordinator.federation.report import build_report, format_summary, save_rep
 from coordinator.federation.standin import kind_of
 from coordinator.federation.standin.bundle import StandIn, prepare_standin, signing_key
 from coordinator.ops.observers import Observers
+from emulator.blocks import get_blocks
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
@@ -146,6 +147,21 @@ class Run:
         return evaluate_server(self.full, self.emu, self.tok, adapter, self.cfg.lora_rank, self.eval_set)
 
 
+def with_model_recipe(cfg: FederationConfig, full: nn.Module) -> FederationConfig:
+    """`cfg` with lr, share and keep left at 0/auto chosen from the full model (emulator.recipe), logged."""
+    # a control stand-in removes no blocks, so the full model's blocks need not be found
+    n_blocks = (
+        len(get_blocks(full)) if cfg.standin == "emulator" else cfg.adapter_first + cfg.adapter_last + 1
+    )
+    resolved = cfg.with_recipe(sum(p.numel() for p in full.parameters()), n_blocks)
+    chosen = {
+        k: getattr(resolved, k) for k in ("lr", "share", "keep") if getattr(resolved, k) != getattr(cfg, k)
+    }
+    if chosen:
+        log.info("recipe by model size: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
+    return resolved
+
+
 def last_round(cfg: FederationConfig) -> int:
     """The round this invocation stops after: `stop-after` when it comes first, else `rounds`."""
     return cfg.stop_after if cfg.stop_after and cfg.stop_after < cfg.rounds else cfg.rounds
@@ -158,12 +174,13 @@ def start_run(cfg: FederationConfig, run_dir: Path, obs: Observers) -> Run:
     state = load_latest(run_dir) if cfg.resume else None
     if state is None and list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints: set resume=true or another run-name")
+    full, tok = load_model(cfg.model)
+    cfg = with_model_recipe(cfg, full)
     if state is not None:
         _check_resumable(state["config"], cfg)
         log.info("resuming %s after round %d", run_dir, state["round"])
     log.info("run directory %s", run_dir)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_run_config(), indent=2) + "\n")
-    full, tok = load_model(cfg.model)
     key = signing_key(cfg, run_dir)
     standin = prepare_standin(cfg, full, tok, run_dir, key)
     if state is not None and state["standin_hash"] != standin.hash:

@@ -14,6 +14,7 @@ from emulator.crash import (
 )
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.plugin import plug_in
+from emulator.recipe import Recipe
 from tests.conftest import tiny_model
 
 
@@ -107,8 +108,24 @@ def test_cli_refuses_an_unknown_share_mode_before_loading_a_model(tmp_path):
     assert result.exit_code == 2 and "sharing mode" in result.output
 
 
-def test_experiment_recipe_follows_model_size():
-    from coordinator.experiment import recipe_defaults
+def test_recipe_follows_model_size():
+    from emulator.recipe import recipe_for
 
-    assert recipe_defaults(6_900_000) == {"lr": 1e-3, "share": "full"}  # zoo:base keeps its recipe
-    assert recipe_defaults(135_000_000) == {"lr": 3e-4, "share": "none"}  # SmolLM2-135M
+    # zoo:base (6.9M, 12 blocks) keeps its recipe: lr 1e-3, full sharing, 3 of its 8 middle blocks
+    assert recipe_for(6_900_000, 12, 2, 2) == Recipe(lr=1e-3, share="full", keep=3)
+    # SmolLM2-135M (30 blocks): lr 3e-4, no sharing, 9 of 26
+    assert recipe_for(135_000_000, 30, 2, 2) == Recipe(lr=3e-4, share="none", keep=9)
+    assert recipe_for(1_000_000, 5, 2, 2).keep == 1  # never below one block
+
+
+def test_federation_fills_lr_share_and_keep_from_the_model_only_where_left_unset():
+    from coordinator.config import FederationConfig
+
+    cfg = FederationConfig()
+    assert (cfg.lr, cfg.share, cfg.keep) == (0.0, "auto", 0)
+    big = cfg.with_recipe(135_000_000, 30)
+    assert (big.lr, big.share, big.keep) == (3e-4, "none", 9)
+    mine = cfg.replace(lr=5e-3, share="partial:2", keep=4).with_recipe(135_000_000, 30)
+    assert (mine.lr, mine.share, mine.keep) == (5e-3, "partial:2", 4)
+    control = cfg.replace(standin="control").with_recipe(135_000_000, 30)
+    assert control.lr == 1e-3  # the control model is trained from scratch

@@ -1,0 +1,34 @@
+"""The emulator recipe chosen from the full model when a run does not set it (docs/emulators.md#the-default-recipe).
+
+Measured on wn-category: the 6.9M zoo:base tunes best at lr 1e-3 with full CRaSh sharing; the 135M
+SmolLM2 at lr 3e-4 (1e-3 lets the emulator learn the task on its own, so plug-in gains little) and
+without sharing (repeated blocks push its hidden state off course). Only those two sizes were
+measured, so PRETRAINED_PARAMS is a boundary between them, not an optimum. Both keep about a third of
+the middle, as Offsite-Tuning and CRaSh do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRETRAINED_PARAMS = 50_000_000
+KEEP_FRACTION = 1 / 3
+CONTROL_LR = 1e-3  # a control model is trained from scratch, whatever the full model's size
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Adapter learning rate, CRaSh sharing mode and middle blocks kept."""
+
+    lr: float
+    share: str
+    keep: int
+
+
+def recipe_for(n_params: int, n_blocks: int, first: int, last: int) -> Recipe:
+    """The default recipe for a full model of `n_params` parameters and `n_blocks` blocks (first+last adapter)."""
+    middle = max(n_blocks - first - last, 1)
+    keep = max(1, min(middle, round(middle * KEEP_FRACTION)))
+    if n_params >= PRETRAINED_PARAMS:
+        return Recipe(lr=3e-4, share="none", keep=keep)
+    return Recipe(lr=1e-3, share="full", keep=keep)
