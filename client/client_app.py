@@ -19,7 +19,7 @@ from client.local_data import local_examples
 from client.round_step import cached_standin, compute_settings, local_round
 from client.secagg_app import is_secagg, secagg_train
 from client.trainer import evaluate_adapter
-from client.trust import check_payload
+from client.trust import check_payload, sign_reply
 from emulator.emulator import Emulator
 from protocols import codecs
 from protocols import schema as S
@@ -93,6 +93,9 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     reply = RecordDict({S.ADAPTER_RECORD: arrays, S.UPDATE_META_RECORD: meta, S.METRICS_RECORD: metrics})
+    signed = sign_reply(context, cfg, arrays, meta, len(examples))
+    if signed is not None:
+        reply[S.UPDATE_SIGNATURE_RECORD] = signed
     S.check_message("train-res", reply)
     return Message(reply, reply_to=message)
 

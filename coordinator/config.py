@@ -131,6 +131,7 @@ class FederationConfig:
     resume: bool = False
     stop_after: int = 0
     signing_key: str = ""
+    site_keys: str = ""  # registered site public keys: a directory of *.pub or a comma-separated list
     round_timeout: float = 600.0
     query_timeout: float = 60.0
     node_timeout: float = 120.0
@@ -299,6 +300,18 @@ class FederationConfig:
                 raise ConfigError(
                     "dp calibrates noise for a plain mean: use aggregator=fedavg (and ffa for LoRA)"
                 )
+        if self.site_keys:
+            if self.secure_aggregation:
+                raise ConfigError(
+                    "site-keys checks each site's own update, but under secure-aggregation the coordinator "
+                    "sees only their masked sum: use one or the other"
+                )
+            from protocols.site_signing import SignatureError, load_site_keys
+
+            try:
+                load_site_keys(self.site_keys)
+            except (SignatureError, ValueError) as exc:
+                raise ConfigError(f"site-keys: {exc}") from None
         if self.dp_max_epsilon < 0:
             raise ConfigError("dp-max-epsilon must be >= 0 (0: no limit)")
         if self.secure_aggregation:

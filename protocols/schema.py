@@ -20,6 +20,7 @@ STANDIN_RECORD = "standin"  # ArrayRecord: stand-in files, sent only to clients 
 METRICS_RECORD = "metrics"  # MetricRecord
 CONFIG_RECORD = "config"  # ConfigRecord: the keys below
 UPDATE_META_RECORD = "update-meta"  # ConfigRecord: codec metadata of an encoded update
+UPDATE_SIGNATURE_RECORD = "update-signature"  # ConfigRecord: a site's signed update manifest
 
 # --- config keys ----------------------------------------------------------------------------
 PROTOCOL_VERSION_KEY = "protocol-version"
@@ -41,6 +42,9 @@ ADAPTER_SIGNATURE = "adapter-signature"  # bytes
 STANDIN_MANIFEST = "standin-manifest"
 STANDIN_SIGNATURE = "standin-signature"
 HAS_STANDIN = "has-standin"
+RUN_ID = "run-id"  # the run's nonce, which a site signs into its update manifest (protocols.site_signing)
+UPDATE_MANIFEST = "update-manifest"  # in UPDATE_SIGNATURE_RECORD: canonical JSON
+UPDATE_SIGNATURE = "update-signature"  # in UPDATE_SIGNATURE_RECORD: bytes
 # SecAgg+ fit config (legacy path): adapter tensor names in parameter order, and the LoRA merge mode.
 ADAPTER_NAMES = "adapter-names"
 LORA_AGGREGATION = "lora-aggregation"
@@ -68,6 +72,7 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     HAS_STANDIN: (bool,),
     ADAPTER_NAMES: (str,),
     LORA_AGGREGATION: (str,),
+    RUN_ID: (str,),
 }
 
 # --- metric names ---------------------------------------------------------------------------
@@ -194,7 +199,7 @@ TRAIN_INS = MessageSpec(
     config_records=_keys(CONFIG_RECORD),
     required_config=_keys(ROUND, STANDIN_HASH, LOCAL_STEPS, LR, LORA_RANK, SEED, TASK, CODEC)
     | _SIGNED_ADAPTER,
-    optional_config=_keys(BATCH_SIZE, DARE_P, TOPK_FRACTION, CLIP_NORM, MAX_EXAMPLES),
+    optional_config=_keys(BATCH_SIZE, DARE_P, TOPK_FRACTION, CLIP_NORM, MAX_EXAMPLES, RUN_ID),
     config_when_present=_SIGNED_STANDIN,
 )
 
@@ -204,6 +209,7 @@ TRAIN_RES = MessageSpec(
     kind="train-res",
     array_records=_keys(ADAPTER_RECORD),
     config_records=_keys(UPDATE_META_RECORD),
+    optional_config_records=_keys(UPDATE_SIGNATURE_RECORD),
     metric_records=_keys(METRICS_RECORD),
     required_metrics=_keys(
         NUM_EXAMPLES, TRAIN_LOSS, TRAIN_SECONDS, PEAK_MEM_MB, BYTES_UP, BYTES_DOWN, MAX_ABS_DELTA

@@ -28,6 +28,18 @@ class SignatureError(ProtocolError):
     """A payload is unsigned, tampered with, signed by another key, or its manifest is malformed."""
 
 
+def offsite_home() -> Path:
+    """This machine's Offsite directory: `$OFFSITE_HOME`, else ~/.offsite."""
+    return Path(os.environ.get("OFFSITE_HOME") or "~/.offsite").expanduser()
+
+
+def machine_coordinator_key_paths() -> tuple[Path, Path]:
+    """(private, public) PEM paths of this machine's coordinator key, which a coordinator uses by default
+    and a site on the same machine (a simulation, a rehearsal) trusts without being told."""
+    keys = offsite_home() / "keys"
+    return keys / "coordinator.pem", keys / "coordinator.pub"
+
+
 def generate_signing_key() -> Ed25519PrivateKey:
     """A fresh Ed25519 private key."""
     return Ed25519PrivateKey.generate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# This machine's coordinator key (protocols.signing.offsite_home) lives here, not in the user's ~/.offsite.
+os.environ["OFFSITE_HOME"] = tempfile.mkdtemp(prefix="offsite-home-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 VOCAB = 96

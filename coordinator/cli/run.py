@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -62,6 +63,7 @@ def run_federated(
     # Pin the run directory so the report can be found afterwards (absolute: Flower may change cwd).
     run_dir = run_dir_for(cfg)
     overrides |= {"out-dir": str(run_dir.parent), "run-name": run_dir.name}
+    _trust_the_signing_key(cfg, run_dir)
     console.print(f"Simulating {supernodes} sites; run directory {run_dir}")
     with nullcontext(app_dir) if app_dir is not None else builtin_app_dir() as where:
         try:
@@ -72,6 +74,19 @@ def run_federated(
     if not report_path.exists():
         fail(f"the run ended without a report (stopped early or failed); see {run_dir / 'server.log'}", 1)
     print_summary(json.loads(report_path.read_text()), report_path, _eval_size(cfg))
+
+
+def _trust_the_signing_key(cfg, run_dir: Path) -> None:
+    """With `signing-key` set, have the simulated sites pin its public half (they have no node config)."""
+    if not cfg.signing_key or os.environ.get("OFFSITE_COORDINATOR_KEY"):
+        return
+    from protocols.signing import SignatureError, load_private_key, save_public_key
+
+    try:
+        key = load_private_key(Path(cfg.signing_key).expanduser())
+    except (OSError, ValueError, SignatureError) as exc:
+        fail(f"run-config signing-key {cfg.signing_key}: {exc}")
+    os.environ["OFFSITE_COORDINATOR_KEY"] = str(save_public_key(key, run_dir / "keys" / "coordinator.pub"))
 
 
 def _check_inputs(cfg) -> None:

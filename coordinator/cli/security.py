@@ -30,14 +30,28 @@ def certs(
         bool,
         typer.Option(help="Also make the coordinator's Ed25519 payload signing key (coordinator.pem/.pub)."),
     ] = True,
+    sites: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Ed25519 site keys to make for signed updates (site-1 .. site-N) [default: --nodes]."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace existing files (locks out nodes using the old CA).")
     ] = False,
 ) -> None:
-    """Make a CA, the SuperLink's TLS certificate (with its SANs) and EC SuperNode keys for node auth."""
+    """Make a CA, the SuperLink's TLS certificate (with its SANs), EC SuperNode keys for node auth, the
+    coordinator's payload signing key and the sites' update signing keys."""
     signer = out / "coordinator.pem"
     if signing_key and signer.exists() and not overwrite:
         fail(f"{signer} exists; pass --overwrite to replace it")
+    site_files = [
+        (out / f"site-{i}.pem", out / "site-keys" / f"site-{i}.pub")
+        for i in range(1, 1 + (nodes if sites is None else sites))
+    ]
+    taken = [p for pair in site_files for p in pair if p.exists()]
+    if taken and not overwrite:
+        fail(f"{taken[0]} exists; pass --overwrite to replace it")
     try:
         paths = make_certificates(out, sans=san or (), n_nodes=nodes, overwrite=overwrite)
     except FileExistsError as exc:
@@ -57,24 +71,34 @@ def certs(
         save_public_key(key, out / "coordinator.pub")
         rows.append(("payload signing key", signer, "run-config signing-key"))
         rows.append(("payload verify key", out / "coordinator.pub", "SuperNode node-config coordinator-key"))
+    for private, public in site_files:
+        key = generate_signing_key()
+        save_private_key(key, private)
+        save_public_key(key, public)
+        rows.append((f"{private.stem} update signing key", private, "SuperNode node-config site-key"))
+    if site_files:
+        rows.append(("site verify keys", out / "site-keys", "run-config site-keys"))
     table = Table(title=f"Deployment material in {out}")
     for column in ("what", "file", "use with"):
         table.add_column(column)
     for what, path, use in rows:
         table.add_row(what, str(path), use)
     console.print(table)
-    console.print(next_steps(out, paths), highlight=False)
+    console.print(next_steps(out, paths, signer), highlight=False)
 
 
-def next_steps(out: Path, paths) -> str:
+def next_steps(out: Path, paths, signer: Path | None = None) -> str:
     """The commands that put the files to use, spelled out (a wheel install carries no docs)."""
     first = paths.node_private_keys[0].name if paths.node_private_keys else "node-1.key"
     first_pub = paths.node_public_keys[0].name if paths.node_public_keys else "node-1.pub"
+    signer = signer or out / "coordinator.pem"
     return (
         "Next:\n"
         f"  1. coordinator: flower-superlink --ssl-ca-certfile {paths.ca_cert} --ssl-certfile {paths.server_cert} "
         f"--ssl-keyfile {paths.server_key} --enable-supernode-auth\n"
         f"  2. register each site's public key: flwr supernode register {out / first_pub} <federation>\n"
-        f"  3. at each site (give it only ca.crt, its own key and coordinator.pub): flower-supernode "
-        f"--root-certificates ca.crt --auth-supernode-private-key {first} --superlink HOST:9092"
+        f"  3. at each site (give it only ca.crt, its own node and site keys and coordinator.pub): flower-supernode "
+        f"--root-certificates ca.crt --auth-supernode-private-key {first} --superlink HOST:9092 "
+        f"--node-config \"coordinator-key='coordinator.pub' site-key='site-1.pem'\"\n"
+        f"  4. run: flwr run . <federation> --run-config \"signing-key='{signer}' site-keys='{out / 'site-keys'}'\""
     )

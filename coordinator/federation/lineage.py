@@ -65,7 +65,7 @@ def round_record(
     adapter: Mapping[str, torch.Tensor],
     updated: bool,
     aggregator: str,
-    merged: list[tuple[int, str, float]],
+    merged: list[tuple],
     privacy: dict | None = None,
 ) -> dict:
     """The lineage record of one round (see the module docstring)."""
@@ -76,7 +76,9 @@ def round_record(
         **adapter_hashes(adapter),
         "updated": updated,
         "aggregator": aggregator,
-        "updates": [{"node": int(n), "delta_sha256": h, "weight": float(w)} for n, h, w in merged],
+        # (node, delta SHA-256, weight[, signing site key id]): the site key is None where sites do not sign
+        "updates": [{"node": int(n), "delta_sha256": h, "weight": float(w), "site_key": k[0] if k else None}
+                    for n, h, w, *k in merged],  # fmt: skip
         "privacy": privacy,
     }
 

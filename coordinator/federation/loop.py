@@ -81,7 +81,7 @@ def run_federation(
 
 def play_rounds(run: Run, grid: Grid) -> dict | None:
     """The plain round loop (Message API strategy); returns the privacy spent (None without DP)."""
-    strategy = make_strategy(run.cfg, run.standin, run.key, run.adapter)
+    strategy = make_strategy(run.cfg, run.standin, run.key, run.adapter, run.run_id)
     strategy.load_state_dict(run.strategy_state)
     arrays = to_float32_record(run.adapter)
     for rnd in range(run.start + 1, last_round(run.cfg) + 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -134,6 +135,7 @@ class Run:
     start: int
     strategy_state: dict = field(default_factory=dict)
     stop_reason: str | None = None  # why the run ended before its last round (the ε budget), if it did
+    run_id: str = field(default_factory=lambda: secrets.token_hex(16))  # the nonce sites sign; kept on resume
 
     @property
     def standin_info(self) -> dict:
@@ -201,6 +203,7 @@ def start_run(cfg: FederationConfig, run_dir: Path, obs: Observers) -> Run:
     else:
         run.adapter, run.baseline, run.history = state["adapter"], state["baseline"], state["history"]
         run.start, run.strategy_state = state["round"], state["strategy"]
+        run.run_id = state.get("run_id", run.run_id)
     obs.run_started(run_dir, cfg.to_run_config(), run.baseline, run.standin_info, run.history)
     return run
 
@@ -250,6 +253,7 @@ def _state(run: Run, rnd: int) -> dict:
         "baseline": run.baseline,
         "history": run.history,
         "strategy": run.strategy_state,
+        "run_id": run.run_id,
     }
 
 

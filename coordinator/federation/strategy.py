@@ -39,6 +39,8 @@ from protocols import schema as S
 from protocols.hashing import hash_state_dict
 from protocols.records import content_nbytes, from_float32_record, record_sha256, to_float32_record
 from protocols.seeds import sample_nodes
+from protocols.signing import SignatureError
+from protocols.site_signing import load_site_keys, update_sha256, verify_update
 from protocols.tensors import state_dict_to_array_record
 
 log = logging.getLogger("offsite.coordinator")
@@ -75,8 +77,9 @@ class RoundLog:
     failed: dict[int, str] = field(default_factory=dict)
     query_seconds: float = 0.0
     evaluate: dict[int, dict] = field(default_factory=dict)
-    # (node, SHA-256 of the decoded delta, num-examples) of each update merged: the lineage record
-    merged: list[tuple[int, str, float]] = field(default_factory=list)
+    # (node, SHA-256 of the decoded delta, num-examples, signing site key id or None) of each update
+    # merged: the lineage record
+    merged: list[tuple[int, str, float, str | None]] = field(default_factory=list)
 
     def clients(self) -> list[dict]:
         """One row per node the round addressed: bytes both ways, stand-in sent, metrics, outcome."""
@@ -119,6 +122,7 @@ class OffsiteStrategy:
         standin: StandIn,
         key: Ed25519PrivateKey,
         template: dict[str, torch.Tensor],
+        run_id: str = "",
         **flwr_kwargs,
     ):
         super().__init__(
@@ -139,6 +143,8 @@ class OffsiteStrategy:
         self._prev: dict[str, torch.Tensor] | None = None
         self._outbox: list[Message] = []  # the last batch of messages built, to match replies to
         self.privacy = CentralDP(cfg) if cfg.dp != "none" else None
+        self.run_id = run_id  # the nonce sites sign into their update manifests
+        self.site_keys = load_site_keys(cfg.site_keys) if cfg.site_keys else None
 
     # --- nodes ----------------------------------------------------------------------------
     def wait_for_nodes(self, grid: Grid, wanted: int) -> list[int]:
@@ -222,6 +228,8 @@ class OffsiteStrategy:
                 S.ADAPTER_SIGNATURE: signature,
             }
         )
+        if message_type == MessageType.TRAIN:
+            base[S.RUN_ID] = self.run_id
         out = []
         for node in nodes:
             records: dict = {S.ADAPTER_RECORD: wire}
@@ -292,6 +300,23 @@ class OffsiteStrategy:
                 f"allows {tensors * per_array} arrays, {numel * per_value} values, {limit} bytes ({codec})"
             )
 
+    def verify_site(self, content: RecordDict, node: int, signers: set[str]) -> str | None:
+        """The registered site key that signed this update (None when site-keys is off); SignatureError else."""
+        if self.site_keys is None:
+            return None
+        signed = content.config_records.get(S.UPDATE_SIGNATURE_RECORD, {})
+        kid = verify_update(
+            signed.get(S.UPDATE_MANIFEST), signed.get(S.UPDATE_SIGNATURE), self.site_keys, run=self.run_id,
+            server_round=self.round_log.server_round, node=node,
+            content_sha256=update_sha256(content.array_records[S.ADAPTER_RECORD],
+                                         content.config_records[S.UPDATE_META_RECORD]),
+            num_examples=content.metric_records[S.METRICS_RECORD][S.NUM_EXAMPLES],
+        )  # fmt: skip
+        if kid in signers:
+            raise SignatureError(f"site key {kid} already signed an update this round")
+        signers.add(kid)
+        return kid
+
     def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
         """Validated (delta, metrics) of one train reply; raises ProtocolError if it is unusable."""
         S.check_message("train-res", content)
@@ -341,7 +366,7 @@ class OffsiteStrategy:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and merge client deltas; None if fewer than min-clients usable replies."""
-        usable = []
+        usable, signers = [], set()
         for msg in replies:
             node = self.reply_node(msg)
             if msg.has_error():
@@ -350,6 +375,9 @@ class OffsiteStrategy:
                 log.warning("node %s failed: %s", node, self.round_log.failed[node].strip()[-300:])
                 continue
             try:
+                S.check_message("train-res", msg.content)
+                self.check_wire_size(msg.content)  # before the signature check reads the tensors
+                site = self.verify_site(msg.content, node, signers)
                 delta, metrics = self.decode_update(msg.content)
             except S.ProtocolError as err:
                 self.round_log.dropped[node] = str(err)
@@ -357,7 +385,7 @@ class OffsiteStrategy:
                 continue
             self.holders.add(node)
             self.round_log.replies[node] = {"bytes": content_nbytes(msg.content), "metrics": metrics}
-            usable.append((hash_state_dict(delta), node, delta, metrics))
+            usable.append((hash_state_dict(delta), node, delta, metrics, site))
         if len(usable) < self.cfg.min_clients:
             log.warning("round %d: %d usable update(s) < min-clients %d; global adapter unchanged",
                         server_round, len(usable), self.cfg.min_clients)  # fmt: skip
@@ -373,7 +401,7 @@ class OffsiteStrategy:
                 return None, None
         else:
             candidate = self.merge([u[2] for u in usable], weights)
-        self.round_log.merged = [(u[1], u[0], w) for u, w in zip(usable, weights, strict=True)]
+        self.round_log.merged = [(u[1], u[0], w, u[4]) for u, w in zip(usable, weights, strict=True)]
         arrays, _ = super().aggregate_train(server_round, [_synthetic_reply(to_float32_record(candidate))])
         arrays = to_float32_record(from_float32_record(arrays))  # FedAdam/FedYogi steps come back as float64
         return arrays, self._metrics([u[3] for u in usable], weights)
@@ -477,12 +505,13 @@ class OffsiteFedYogi(OffsiteStrategy, FedYogi):
 
 
 def make_strategy(
-    cfg: FederationConfig, standin: StandIn, key: Ed25519PrivateKey, template: dict[str, torch.Tensor]
+    cfg: FederationConfig, standin: StandIn, key: Ed25519PrivateKey, template: dict[str, torch.Tensor],
+    run_id: str = "",
 ) -> OffsiteStrategy:
-    """The configured strategy class with the run's settings."""
+    """The configured strategy class with the run's settings (`run_id`: the nonce sites sign)."""
     if cfg.strategy == "fedavg":
-        return OffsiteFedAvg(cfg, standin, key, template)
+        return OffsiteFedAvg(cfg, standin, key, template, run_id)
     opt = {"eta": cfg.server_lr, "eta_l": cfg.lr, "beta_1": cfg.server_beta1, "beta_2": cfg.server_beta2,
            "tau": cfg.server_tau}  # fmt: skip
     cls = OffsiteFedAdam if cfg.strategy == "fedadam" else OffsiteFedYogi
-    return cls(cfg, standin, key, template, **opt)
+    return cls(cfg, standin, key, template, run_id, **opt)

@@ -32,7 +32,9 @@ def _plain_delta(cfg: FederationConfig, cache: Path, digest: str, adapter: dict,
     return update.delta, len(examples)
 
 
-def _secagg_run(checkpoint, tmp_path, rounds: int, local_steps: int, max_examples: int, eval_size: int) -> dict:
+def _secagg_run(
+    checkpoint, tmp_path, rounds: int, local_steps: int, max_examples: int, eval_size: int
+) -> dict:
     """Run config of a tiny three-site SecAgg+ run on `checkpoint` (generous timeouts: Ray starts slowly)."""
     return {
         "model": str(checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,

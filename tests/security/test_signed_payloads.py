@@ -8,6 +8,7 @@ an attacked site refuses the payload before loading anything (a refused stand-in
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
@@ -97,3 +98,28 @@ def test_tampered_unsigned_and_wrong_key_payloads_are_refused(quick_run, pinned_
     # A refused stand-in never reaches the cache; a refused adapter is refused after a good stand-in.
     held = {i: StandinCache(tmp_path / f"cache-{i}").has(digest) for i in range(6)}
     assert held == {0: True, 1: False, 2: False, 3: False, 4: True, 5: True}
+
+
+def test_sites_on_the_coordinators_machine_verify_signatures_with_no_setup(quick_run, tmp_path, caplog):
+    from protocols.signing import machine_coordinator_key_paths
+
+    report, _ = run({**quick_run, "clients-per-round": 2}, tmp_path, n=2)
+    assert all(status == "ok" for status, _ in statuses(report).values())
+    private, public = machine_coordinator_key_paths()
+    run_pub = Path(report["run_dir"]) / "keys" / "coordinator.pub"
+    assert private.is_file() and public.read_bytes() == run_pub.read_bytes()
+    assert "signatures are not" not in caplog.text  # signatures were checked, not only hashes
+
+
+def test_a_site_with_no_coordinator_key_refuses_and_names_the_key(
+    quick_run, pinned_key, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OFFSITE_HOME", str(tmp_path / "empty-home"))  # a remote site: no key of its own
+    overrides = {**quick_run, "signing-key": pinned_key[0], "clients-per-round": 2}
+    report, _ = run(overrides, tmp_path, n=2)
+    for status, why in statuses(report).values():
+        assert status == "failed" and "no coordinator key pinned" in why and "coordinator-key" in why
+    relaxed, _ = run(
+        {**overrides, "run-name": "hash-only"}, tmp_path, n=2, node_extra={"require-signature": False}
+    )
+    assert all(status == "ok" for status, _ in statuses(relaxed).values())

@@ -25,7 +25,7 @@ def test_bad_updates_are_dropped_counted_and_left_out_of_the_lineage(quick_run, 
     private, public = pinned_key
     overrides = {**quick_run, "signing-key": private, "clients-per-round": 5, "max-update-norm": 100.0}
     client = malicious_sites({i: edit for i, (edit, _) in BAD.items()})
-    report, _ = run(overrides, tmp_path, n=5, client=client)
+    report, _ = run(overrides, tmp_path, n=5, client=client, node_extra={"coordinator-key": public})
     rows = statuses(report)
     assert rows[1000][0] == "ok"
     for i, (_, reason) in BAD.items():

@@ -21,6 +21,7 @@ from protocols.hashing import hash_directory
 from protocols.signing import (
     generate_signing_key,
     load_private_key,
+    machine_coordinator_key_paths,
     make_manifest,
     manifest_to_json,
     save_private_key,
@@ -57,16 +58,27 @@ class StandIn:
 
 
 def signing_key(cfg: FederationConfig, run_dir: Path) -> Ed25519PrivateKey:
-    """The coordinator's Ed25519 key: `signing-key`, else the run's own (created once, kept for resume)."""
+    """The coordinator's Ed25519 key: `signing-key`, a run's own from before, else this machine's.
+
+    This machine's key ($OFFSITE_HOME/keys/coordinator.pem, made once) is the one sites on the same
+    machine trust by default, so a simulation checks signatures with no setup; its public half is
+    copied to run_dir/keys/coordinator.pub for remote sites to pin.
+    """
     if cfg.signing_key:
         return load_private_key(Path(cfg.signing_key).expanduser())
-    private = run_dir / "keys" / "coordinator.pem"
+    own = run_dir / "keys" / "coordinator.pem"
+    if own.exists():
+        return load_private_key(own)
+    private, public = machine_coordinator_key_paths()
     if private.exists():
-        return load_private_key(private)
-    key = generate_signing_key()
-    save_private_key(key, private)
+        key = load_private_key(private)
+    else:
+        key = generate_signing_key()
+        save_private_key(key, private)
+        save_public_key(key, public)
+        log.info("new coordinator signing key %s", private)
     save_public_key(key, run_dir / "keys" / "coordinator.pub")
-    log.info("new coordinator signing key; clients can pin %s", run_dir / "keys" / "coordinator.pub")
+    log.info("coordinator signing key %s; remote sites pin %s", private, run_dir / "keys" / "coordinator.pub")
     return key
 
 
