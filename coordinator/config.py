@@ -315,10 +315,15 @@ class FederationConfig:
         if self.dp_max_epsilon < 0:
             raise ConfigError("dp-max-epsilon must be >= 0 (0: no limit)")
         if self.secure_aggregation:
-            if self.dp != "none" or self.strategy != "fedavg" or self.aggregator != "fedavg":
+            if self.strategy != "fedavg" or self.aggregator != "fedavg":
+                raise ConfigError("secure-aggregation sums masked updates: it needs strategy=fedavg, aggregator=fedavg")
+            if self.dp == "server":
                 raise ConfigError(
-                    "secure-aggregation sums masked updates: it needs strategy=fedavg, aggregator=fedavg, dp=none"
+                    "secure-aggregation hides each update, so the coordinator cannot clip them: use dp=client "
+                    "(sites clip with Flower's fixedclipping_mod, the coordinator adds the noise)"
                 )
+            if self.dp == "client" and self.lora_rank:
+                raise ConfigError("dp=client with secure-aggregation tunes whole adapter blocks: set lora-rank=0")
             if self.lora_rank and self.lora_aggregation == "product":
                 raise ConfigError("secure-aggregation averages tensors: use lora-aggregation=ffa with LoRA")
             if not 2 <= self.secagg_threshold <= self.secagg_shares:

@@ -1,6 +1,6 @@
 """TLS material for a Flower deployment: a private CA, the SuperLink certificate, SuperNode auth keys.
 
-Formats, as flwr 1.41 reads them:
+Formats, as flwr 1.42 reads them:
 - `flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key`
   (PEM files, passed to gRPC); `flower-supernode --root-certificates ca.crt`.
 - `flower-supernode --auth-supernode-private-key node-i.key` parses the file with cryptography's

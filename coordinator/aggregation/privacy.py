@@ -55,20 +55,40 @@ class _Relay(FedAvg):
         return list(self.pending)
 
 
+def make_accountant(cfg: FederationConfig) -> RdpAccountant:
+    """Flower's RDP accountant for one run: dp-delta, dp-max-epsilon, no sampling amplification."""
+    return RdpAccountant(
+        PrivacyConfig(
+            target_delta=cfg.dp_delta,
+            population_size=cfg.clients_per_round,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=cfg.dp_max_epsilon or None,
+        )
+    )
+
+
+def privacy_spent(cfg: FederationConfig, accountant: RdpAccountant) -> dict:
+    """ε so far at dp-delta, and the settings it follows from (the report's and the lineage's form)."""
+    spent = accountant.get_privacy_spent()
+    epsilon = spent.epsilon if spent.num_releases else 0.0
+    return {
+        "mode": cfg.dp,
+        "epsilon": float(epsilon) if math.isfinite(epsilon) else float("inf"),
+        "delta": spent.delta,
+        "releases": spent.num_releases,
+        "noise_multiplier": cfg.dp_noise_multiplier,
+        "clip_norm": cfg.dp_clip_norm,
+        "accountant": "flwr RdpAccountant (dp-accounting), no sampling amplification",
+    }
+
+
 class CentralDP:
     """One run's DP: Flower's fixed-clipping wrapper (server or client clipping) plus its accountant."""
 
     def __init__(self, cfg: FederationConfig):
         self.cfg = cfg
-        self.accountant = RdpAccountant(
-            PrivacyConfig(
-                target_delta=cfg.dp_delta,
-                population_size=cfg.clients_per_round,
-                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                sampling_method=SamplingMethod.NO_AMPLIFICATION,
-                max_epsilon=cfg.dp_max_epsilon or None,
-            )
-        )
+        self.accountant = make_accountant(cfg)
         wrapper = (
             DifferentialPrivacyServerSideFixedClipping
             if cfg.dp == "server"
@@ -135,17 +155,7 @@ class CentralDP:
 
     def spent(self) -> dict:
         """ε so far at dp-delta, and the settings it follows from."""
-        spent = self.accountant.get_privacy_spent()
-        epsilon = spent.epsilon if spent.num_releases else 0.0
-        return {
-            "mode": self.cfg.dp,
-            "epsilon": float(epsilon) if math.isfinite(epsilon) else float("inf"),
-            "delta": spent.delta,
-            "releases": spent.num_releases,
-            "noise_multiplier": self.cfg.dp_noise_multiplier,
-            "clip_norm": self.cfg.dp_clip_norm,
-            "accountant": "flwr RdpAccountant (dp-accounting), no sampling amplification",
-        }
+        return privacy_spent(self.cfg, self.accountant)
 
     def state_json(self) -> str:
         """The accountant's state as JSON, for checkpoints."""

@@ -4,7 +4,7 @@ This is what `flwr-simulation` does for `flwr run` (load both apps by their pypr
 strings, fuse [tool.flwr.app.config] with overrides, give that run config to the ServerApp *and*
 every ClientApp), minus the detached local SuperLink. Unlike `flwr.simulation.run_simulation`,
 ClientApps see the run config (Offsite clients read `partitioning` and `lora-aggregation` there).
-It relies on `flwr.simulation.run_simulation._run_simulation` (flwr 1.41, pinned < 1.42).
+It relies on `flwr.simulation.run_simulation._run_simulation` (flwr 1.42, pinned < 1.43).
 
 Without a project directory, the installed package's own app runs: Flower reads the ClientApps' run
 config from a directory's pyproject.toml, so a small one is written to a temporary directory.

@@ -1,6 +1,6 @@
 """Secure aggregation (SecAgg+): the coordinator learns only the sum of the sites' adapter deltas.
 
-flwr 1.41 offers SecAgg+ on the legacy API path only, so this follows Flower's own example: a
+flwr 1.42 offers SecAgg+ on the legacy API path only, so this follows Flower's own example: a
 legacy `Strategy` inside `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`, run from a
 Message-API `main` with a `LegacyContext`. Sites run `secaggplus_mod` (client.secagg_app). Before
 the first round the signed stand-in reaches the sites that lack it through a plain, signed
@@ -27,10 +27,14 @@ from flwr.app import Context, MessageType
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping as LegacyClientSideDP
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
+from coordinator.aggregation.privacy import make_accountant, privacy_spent
 from coordinator.config import ConfigError
 from coordinator.federation.messages import evaluate_config
 from coordinator.federation.run import Run, last_round, record_round, server_eval_due
@@ -40,7 +44,7 @@ from emulator.plugin import trained_adapter_names
 from protocols import schema as S
 from protocols.hashing import hash_state_dict
 from protocols.records import to_float32_record
-from protocols.seeds import sample_nodes
+from protocols.seeds import dp_noise_seed, sample_nodes
 
 log = logging.getLogger("offsite.coordinator")
 
@@ -62,6 +66,9 @@ class SecAggFedAvg(LegacyFedAvg):
         )
         self.run, self.cfg = run, cfg
         self.trained = trained_adapter_names(run.adapter, cfg.lora_rank, cfg.lora_aggregation == "product")
+        self.privacy: SecAggClientDP | None = None  # set by the DP wrapper: sites then send clipped full adapters
+        if cfg.dp == "client":  # fixedclipping_mod clips (sent - received), so sites send the whole adapter
+            self.trained = sorted(run.adapter)
         self._bytes_up = 4 * sum(run.adapter[k].numel() for k in self.trained)
         self.pending: dict | None = None  # the round aggregate_fit saw, recorded by evaluate
 
@@ -115,17 +122,27 @@ class SecAggFedAvg(LegacyFedAvg):
         self.pending = {"round": rnd, "previous": previous, "results": results, "delta_norm": None}
         if not results:
             return None, {}
-        mean = parameters_to_ndarrays(results[0][1].parameters)
-        if len(mean) != len(self.trained):
-            raise S.ProtocolError(f"aggregate has {len(mean)} tensors, expected {len(self.trained)}")
-        delta = {}
-        for name, arr in zip(self.trained, mean, strict=True):
+        mean = self._checked(parameters_to_ndarrays(results[0][1].parameters), previous)
+        if self.privacy is not None:  # the mean of the clipped adapters sent; the wrapper adds the noise
+            mean = {k: v - previous[k] for k, v in mean.items()}
+        self.run.adapter = {k: v + mean[k] if k in mean else v for k, v in previous.items()}
+        self.pending["delta_norm"] = math.sqrt(sum(float(t.double().pow(2).sum()) for t in mean.values()))
+        return self._parameters(), {}
+
+    def _checked(self, arrays: list[np.ndarray], previous: dict) -> dict[str, torch.Tensor]:
+        """The aggregate's tensors by name, refused if their count, shapes or values are wrong."""
+        if len(arrays) != len(self.trained):
+            raise S.ProtocolError(f"aggregate has {len(arrays)} tensors, expected {len(self.trained)}")
+        out = {}
+        for name, arr in zip(self.trained, arrays, strict=True):
             if tuple(arr.shape) != tuple(previous[name].shape) or not np.isfinite(arr).all():
                 raise S.ProtocolError(f"aggregate tensor {name} has a wrong shape or non-finite values")
-            delta[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
-        self.run.adapter = {k: v + delta[k] if k in delta else v for k, v in previous.items()}
-        self.pending["delta_norm"] = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
-        return self._parameters(), {}
+            out[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
+        return out
+
+    def set_adapter(self, parameters: Parameters) -> None:
+        """Make `parameters` (under DP: the whole adapter, sorted names, noised) the global adapter."""
+        self.run.adapter = {**self.run.adapter, **self._checked(parameters_to_ndarrays(parameters), self.run.adapter)}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         """No client-side evaluation in SecAgg+ rounds."""
@@ -138,7 +155,8 @@ class SecAggFedAvg(LegacyFedAvg):
         rnd = self.pending["round"]
         due = server_eval_due(self.cfg, rnd)
         scores = self.run.evaluate(self.run.adapter) if due else {"plug-in": None, "emulator FT": None}
-        record_round(self.run, self._entry(scores), self.pending["previous"], "secagg+", self._merged(), {})
+        state = {"privacy": self.privacy.state_json()} if self.privacy is not None else {}
+        record_round(self.run, self._entry(scores), self.pending["previous"], "secagg+", self._merged(), state)
         log.info("round %d/%d (SecAgg+): %d of %d sites summed, %.1f s", rnd, self.cfg.rounds,
                  len(self.pending["results"]), len(self._sent), self.run.history[-1]["wall_s"])  # fmt: skip
         self.pending = None
@@ -173,7 +191,7 @@ class SecAggFedAvg(LegacyFedAvg):
             "client_eval": None,
             "clients": clients,
             "rejected": 0,
-            "privacy": None,
+            "privacy": self.privacy.spent() if self.privacy is not None else None,
             # bytes_up is the fp32 size of the delta each masked vector carries: Flower quantises it
             # before masking, and the coordinator never sees one site's vector alone to count it.
             "secagg": {
@@ -183,6 +201,71 @@ class SecAggFedAvg(LegacyFedAvg):
                 "bytes_up_basis": "fp32 size of the delta",
             },
         }
+
+
+class SecAggClientDP(LegacyClientSideDP):
+    """DP under SecAgg+: Flower's client-side fixed-clipping wrapper around `SecAggFedAvg`.
+
+    Sites clip their update with Flower's `fixedclipping_mod` before `secaggplus_mod` masks it; the
+    coordinator adds N(0, (z·C/n)²) per entry to the unmasked mean (Flower's wrapper, numpy's
+    generator seeded from the run seed for that release only) and composes one release per round in
+    Flower's RDP accountant, so ε is known after every round. Sites weigh 1 each (the mean the noise
+    is calibrated for).
+    """
+
+    def __init__(self, inner: SecAggFedAvg, run: Run):
+        cfg = run.cfg
+        super().__init__(inner, cfg.dp_noise_multiplier, cfg.dp_clip_norm, cfg.clients_per_round)
+        self.inner, self.run, self.cfg = inner, run, cfg
+        self.accountant = make_accountant(cfg)
+        if run.strategy_state.get("privacy"):  # resume: the privacy spent so far
+            self.accountant.load_state_dict(json.loads(run.strategy_state["privacy"]))
+        self._event: GaussianPrivacyEvent | None = None
+        inner.privacy = self
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        """The inner sample, with clipping_norm; refused (PrivacyBudgetExhausted) past dp-max-epsilon."""
+        # Checked before anything is sent; without sampling amplification ε does not depend on n.
+        planned = self._release(self.cfg.clients_per_round)
+        if self.cfg.dp_max_epsilon and self.accountant.would_exceed(planned):
+            raise PrivacyBudgetExhausted(
+                f"the next release would exceed max_epsilon (epsilon so far {self.spent()['epsilon']:.3f})"
+            )
+        out = super().configure_fit(server_round, parameters, client_manager)
+        if out:
+            self.num_sampled_clients = len(out)  # the noise std z·C/n for the n actually asked
+            self._event = self._release(len(out))
+        return out
+
+    def _release(self, n: int) -> GaussianPrivacyEvent:
+        return GaussianPrivacyEvent(noise_multiplier=self.noise_multiplier, sample_size=n,
+                                    population_size=self.cfg.clients_per_round)  # fmt: skip
+
+    def aggregate_fit(self, server_round: int, results, failures):
+        """The noised mean as the new global adapter (nothing is released if a sampled site dropped)."""
+        rnd = server_round + self.run.start
+        if failures or not results:
+            log.warning("round %d: %d sampled site(s) dropped; DP releases nothing this round", rnd, len(failures))
+            self.inner.pending = {"round": rnd, "previous": dict(self.run.adapter), "results": [], "delta_norm": None}
+            return None, {}
+        saved = np.random.get_state()
+        np.random.seed(dp_noise_seed(self.cfg.seed, rnd))
+        try:
+            parameters, metrics = super().aggregate_fit(server_round, results, failures)
+        finally:
+            np.random.set_state(saved)
+        self.inner.set_adapter(parameters)
+        self.accountant.compose(self._event)
+        log.info("round %d: ε %.3f at δ %g", rnd, self.spent()["epsilon"], self.cfg.dp_delta)
+        return parameters, metrics
+
+    def spent(self) -> dict:
+        """ε so far, in the report's form."""
+        return privacy_spent(self.cfg, self.accountant)
+
+    def state_json(self) -> str:
+        """The accountant's state, for the round's checkpoint."""
+        return json.dumps(self.accountant.state_dict())
 
 
 def deliver_standin(grid: Grid, run: Run) -> list[int]:
@@ -204,30 +287,45 @@ def deliver_standin(grid: Grid, run: Run) -> list[int]:
     return nodes
 
 
-def play_secure_rounds(run: Run, grid: Grid, context: Context | None) -> None:
-    """The run's remaining rounds on Flower's SecAgg+ workflow; DP does not apply (returns None)."""
+def play_secure_rounds(run: Run, grid: Grid, context: Context | None) -> dict | None:
+    """The run's remaining rounds on Flower's SecAgg+ workflow; the privacy spent (None without DP)."""
     if context is None:
         raise ConfigError("secure-aggregation runs inside a ServerApp: it needs the ServerApp's context")
     cfg = run.cfg
+    inner = SecAggFedAvg(run)
+    strategy = SecAggClientDP(inner, run) if cfg.dp == "client" else inner
     remaining = last_round(cfg) - run.start
     if remaining <= 0:
-        return None
+        return inner.privacy.spent() if inner.privacy is not None else None
     nodes = deliver_standin(grid, run)
-    shares = min(cfg.secagg_shares, len(nodes), cfg.clients_per_round)
-    workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(
-            num_shares=shares,
-            reconstruction_threshold=min(cfg.secagg_threshold, shares),
-            # Each masked vector is weighted by num-examples / max_weight *before* quantisation (2^22
-            # levels over ±8): a max_weight far above the real counts wipes out small deltas.
-            max_weight=float(cfg.max_examples) if cfg.max_examples else 1000.0,
-            timeout=cfg.round_timeout,
-        )
-    )
+    workflow = DefaultWorkflow(fit_workflow=_secagg_workflow(run, len(nodes)))
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=remaining, round_timeout=cfg.round_timeout),
-        strategy=SecAggFedAvg(run),
+        strategy=strategy,
     )
-    workflow(grid, legacy)
-    return None
+    try:
+        workflow(grid, legacy)
+    except PrivacyBudgetExhausted as exc:  # raised before the round sends anything
+        rnd = (run.history[-1]["round"] if run.history else run.start) + 1
+        run.stop_reason = f"dp-max-epsilon {cfg.dp_max_epsilon} reached before round {rnd}: {exc}"
+        log.warning("%s; the run ends with round %d's adapter", run.stop_reason, rnd - 1)
+    return inner.privacy.spent() if inner.privacy is not None else None
+
+
+def _secagg_workflow(run: Run, n_nodes: int) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ workflow sized for the run: shares, threshold, weights and value range."""
+    cfg = run.cfg
+    shares = min(cfg.secagg_shares, n_nodes, cfg.clients_per_round)
+    # Each masked vector is weighted by num-examples / max_weight *before* quantisation (2^22 levels
+    # over ±clipping_range): a max_weight far above the real counts wipes out small deltas. Under DP
+    # each site weighs 1 and sends its whole clipped adapter, so the range must hold the adapter too.
+    max_weight = 1.0 if cfg.dp == "client" else float(cfg.max_examples) if cfg.max_examples else 1000.0
+    largest = max(float(t.abs().max()) for t in run.adapter.values()) if cfg.dp == "client" else 0.0
+    return SecAggPlusWorkflow(
+        num_shares=shares,
+        reconstruction_threshold=min(cfg.secagg_threshold, shares),
+        max_weight=max_weight,
+        clipping_range=8.0 + 2 * largest + (cfg.dp_clip_norm if cfg.dp == "client" else 0.0),
+        timeout=cfg.round_timeout,
+    )

@@ -69,7 +69,7 @@ def test_node_keys_load_as_ec_p384_pairs(certs):
 
 
 def test_flower_accepts_node_keys(certs):
-    # The exact loaders flwr 1.41 uses for --auth-supernode-private-key and `flwr supernode register`.
+    # The exact loaders flwr 1.42 uses for --auth-supernode-private-key and `flwr supernode register`.
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 

@@ -10,7 +10,7 @@ the coordinator's payload key. Two runs on that one deployment:
    tries to join: it is refused at activation and never becomes a node; the run completes over TLS.
 2. Two more registered sites join, one round over all four with `min-clients=2`: one site is SIGKILLed
    (its process group and every child) once its training has begun, another reads a JSONL file with
-   a broken line. The SuperLink misses the killed site's heartbeats (flwr 1.41: 2 × 30 s) and answers
+   a broken line. The SuperLink misses the killed site's heartbeats (flwr 1.42: 2 × 30 s) and answers
    for it with a Node Unavailable error, so the round completes before `round-timeout` with the two
    healthy sites' updates; the report names the killed site and the broken file's site `failed`,
    the latter with `file:line`.
@@ -35,7 +35,7 @@ from tests.federation.loopback import Loopback
 
 SCALE = float(os.environ.get("OFFSITE_TEST_TIME_SCALE", "1"))
 # The fault round's bound. A SuperNode heartbeats every ~24 s and the SuperLink declares it unavailable
-# 60 s after the last one (flwr 1.41, not configurable), so the killed site's verdict comes at most
+# 60 s after the last one (flwr 1.42, not configurable), so the killed site's verdict comes at most
 # 60 s after the kill, itself 10-40 s into the round: the round ends then, well before this bound,
 # and the outcome is the SuperLink's, not a race with the timeout.
 ROUND_TIMEOUT = 120.0 * SCALE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from dp_accounting import dp_event, rdp
 
@@ -72,3 +73,14 @@ def test_reaching_the_epsilon_budget_is_a_clean_stop(quick_run, tmp_path):
     assert "dp-max-epsilon" in report["stopped_early"] and "round 2" in report["stopped_early"]
     assert report["privacy"]["epsilon"] <= budget and report["five_numbers"]["plug-in"] is not None
     assert (Path(report["run_dir"]) / "adapter.safetensors").exists()
+
+
+def test_dp_with_secure_aggregation_needs_client_clipping_and_whole_blocks(quick_run):
+    from coordinator.config import ConfigError, FederationConfig
+
+    both = {**quick_run, "secure-aggregation": True, "clients-per-round": 3, "min-clients": 2}
+    assert FederationConfig.from_run_config({**both, "dp": "client"}).dp == "client"
+    with pytest.raises(ConfigError, match="cannot clip them: use dp=client"):
+        FederationConfig.from_run_config({**both, "dp": "server"})
+    with pytest.raises(ConfigError, match="lora-rank=0"):
+        FederationConfig.from_run_config({**both, "dp": "client", "lora-rank": 4})

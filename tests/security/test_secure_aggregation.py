@@ -38,7 +38,7 @@ def _secagg_run(
     """Run config of a tiny three-site SecAgg+ run on `checkpoint` (generous timeouts: Ray starts slowly)."""
     return {
         "model": str(checkpoint), "emulator": "uniform", "adapter-first": 1, "adapter-last": 1,
-        "keep": 2, "rounds": rounds, "clients-per-round": 3, "min-clients": 2, "local-steps": local_steps,
+        "keep": 2, "rounds": rounds, "clients-per-round": 3, "min-clients": 2, "local-steps": local_steps, "lr": 1e-3,
         "batch-size": 8, "max-examples": max_examples, "eval-size": eval_size,
         "out-dir": str(tmp_path / "runs"), "run-name": "sa", "node-timeout": 30.0, "round-timeout": 180.0,
         "query-timeout": 20.0, "secagg-shares": 3, "secagg-threshold": 2, "threads": 1,
@@ -130,3 +130,48 @@ def test_secagg_plus_run_resumes_after_the_coordinator_crashes(tiny_checkpoint, 
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     lines = [json.loads(x) for x in (run_dir / "lineage.jsonl").read_text().splitlines()]
     assert [x["record"]["round"] for x in lines] == [1, 2] and lines[0] == first  # round 1 kept, not replayed
+
+
+@pytest.mark.slow
+def test_dp_with_secagg_plus_noises_the_mean_reports_epsilon_and_stops_at_the_budget(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Sites clip with Flower's fixedclipping_mod before masking; the coordinator noises the sum."""
+    from flwr.simulation import run_simulation
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    from client.client_app import app as client_app
+    from coordinator.aggregation.privacy import make_accountant
+
+    monkeypatch.setenv("OFFSITE_CACHE_DIR", str(tmp_path / "cache"))
+    z, clip = 1.0, 0.5
+    overrides = {**_secagg_run(tiny_checkpoint, tmp_path, rounds=2, local_steps=2, max_examples=24, eval_size=16),
+                 "secure-aggregation": True, "dp": "client", "dp-noise-multiplier": z, "dp-clip-norm": clip,
+                 "min-clients": 3}  # fmt: skip
+    cfg = FederationConfig.from_run_config(overrides)
+    accountant, event = make_accountant(cfg), GaussianPrivacyEvent(noise_multiplier=z, sample_size=3, population_size=3)
+    accountant.compose(event)
+    first = accountant.get_privacy_spent().epsilon
+    overrides["dp-max-epsilon"] = first * 1.2  # room for round 1, not round 2
+    run_simulation(
+        server_app=make_server_app(overrides),
+        client_app=client_app,
+        num_supernodes=3,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
+    )
+    run_dir = tmp_path / "runs" / "sa"
+    report = json.loads((run_dir / "report.json").read_text())
+    (rnd,) = report["rounds"]  # round 2 would pass the budget: a clean stop after round 1
+    assert rnd["updated"] and len(rnd["secagg"]["summed"]) == 3
+    assert rnd["privacy"]["releases"] == 1 and abs(rnd["privacy"]["epsilon"] - first) < 1e-9
+    assert "dp-max-epsilon" in report["stopped_early"] and report["privacy"]["epsilon"] == rnd["privacy"]["epsilon"]
+    full, _ = load_model(str(tiny_checkpoint))
+    emu = StandinCache(tmp_path / "cache").load(report["standin"]["hash"])
+    start = initial_adapter(cfg, full, emu)
+    final = load_file(str(run_dir / "adapter.safetensors"))
+    import torch
+
+    moved = torch.cat([(final[k] - start[k]).flatten() for k in start])
+    # The clipped mean moves each entry by at most C/3 in L2 over all of them; the noise adds
+    # N(0, (z·C/n)²) to every entry, so the spread of the change is the noise's.
+    assert abs(float(moved.std()) / (z * clip / 3) - 1) < 0.05, float(moved.std())
