@@ -1,7 +1,8 @@
 """One federated control-model run on the zoo, then accuracy of three targets alone and with the control.
 
 (a) the template (zoo:small) alone / + control; (b) the larger same-vocabulary zoo:base alone / + control;
-(c) the different-vocabulary zoo:other alone / + the ported control (PM-MinED map). Also the map's coverage.
+(c) the different-vocabulary zoo:other alone / + the ported control (PM-MinED map); with --targets also
+zoo:smollm2, a real pretrained model with its own 49,152-token vocabulary. Also each map's coverage.
 The federation runs the real ServerApp round loop and ClientApp handlers over an in-process Flower grid.
 
     python3 bench/control_eval.py            # writes bench/results/control_eval.json
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=40)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--out", default="bench/results/control_eval.json")
+    ap.add_argument("--targets", default="small,base,other",
+                    help="zoo models to score alone and with the control (smollm2: the real 49,152-token one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -61,7 +64,10 @@ def main() -> None:
     test = load_task("wn-category", "test")[: args.n_test]
     _, ctok = load_model("zoo:small")
     results, maps = {}, {}
-    for role, name in (("template", "small"), ("same-vocab larger", "base"), ("different vocab", "other")):
+    roles = {"small": "template", "base": "same-vocab larger", "other": "different vocab",
+             "smollm2": "real model, other vocab"}  # fmt: skip
+    for name in args.targets.split(","):
+        role = roles.get(name, name)
         model, tok = load_model(f"zoo:{name}")
         tmap = map_tokenizers(tok, ctok)
         alone = accuracy(model, tok, test)

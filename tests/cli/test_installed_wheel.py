@@ -43,3 +43,4 @@ def test_offsite_run_from_an_installed_wheel_outside_the_repository(tmp_path):
     assert "has no pyproject.toml" not in out and "Accuracy % on 8 server-held test examples" in out
     assert json.loads((elsewhere / "runs" / "wheel" / "report.json").read_text())["five_numbers"]
     assert "FutureWarning" not in out and "Manually terminating" not in out
+    assert "signatures are not" not in out and "no coordinator key" not in out  # sites verified signatures
