@@ -317,10 +317,13 @@ class OffsiteStrategy:
         signers.add(kid)
         return kid
 
-    def decode_update(self, content: RecordDict) -> tuple[dict[str, torch.Tensor], dict]:
-        """Validated (delta, metrics) of one train reply; raises ProtocolError if it is unusable."""
+    def decode_update(
+        self, content: RecordDict, node: int, signers: set[str]
+    ) -> tuple[dict[str, torch.Tensor], dict, str | None]:
+        """Validated (delta, metrics, signing site key) of one train reply; ProtocolError if it is unusable."""
         S.check_message("train-res", content)
-        self.check_wire_size(content)
+        self.check_wire_size(content)  # before the signature check reads the tensors
+        site = self.verify_site(content, node, signers)
         encoded = codecs.from_records(
             content.array_records[S.ADAPTER_RECORD], content.config_records[S.UPDATE_META_RECORD]
         )
@@ -342,7 +345,7 @@ class OffsiteStrategy:
         metrics["update-norm"] = norm
         if self.privacy is not None:
             delta = self.privacy.check_client_clipped(delta, norm)
-        return delta, metrics
+        return delta, metrics, site
 
     def merge(self, deltas: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
         """The new global adapter from the previous one and the clients' deltas."""
@@ -375,10 +378,7 @@ class OffsiteStrategy:
                 log.warning("node %s failed: %s", node, self.round_log.failed[node].strip()[-300:])
                 continue
             try:
-                S.check_message("train-res", msg.content)
-                self.check_wire_size(msg.content)  # before the signature check reads the tensors
-                site = self.verify_site(msg.content, node, signers)
-                delta, metrics = self.decode_update(msg.content)
+                delta, metrics, site = self.decode_update(msg.content, node, signers)
             except S.ProtocolError as err:
                 self.round_log.dropped[node] = str(err)
                 log.warning("dropped the update of node %s: %s", node, err)
