@@ -54,7 +54,7 @@ def experiment(
     keep: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Middle blocks/clusters kept in the emulator [default: about a third of the middle]."
+            min=1, help="Middle blocks/clusters kept in the emulator (default: about a third of the middle)."
         ),
     ] = None,
     clustering: Annotated[
@@ -62,9 +62,9 @@ def experiment(
     ] = "balanced",
     share: Annotated[
         str | None,
-        typer.Option(help="CRaSh sharing: full, partial:R (≤ R runs each) or none [default: by model size]."),
+        typer.Option(help="CRaSh sharing: full, partial:R (≤ R runs each) or none (default: by model size)."),
     ] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Adapter lr [default: by model size].")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Adapter lr (default: by model size).")] = None,
     lora_rank: Annotated[
         int, typer.Option(min=0, help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,

@@ -33,7 +33,7 @@ def certs(
     sites: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Ed25519 site keys to make for signed updates (site-1 .. site-N) [default: --nodes]."
+            min=0, help="Ed25519 site keys to make for signed updates (site-1 .. site-N; default: --nodes)."
         ),
     ] = None,
     overwrite: Annotated[

@@ -168,6 +168,13 @@ def test_every_option_and_argument_has_help():
     assert "YAML merge config" in merge
 
 
+def test_help_texts_keep_their_bracketed_words():
+    # Rich reads "[default: ...]" in a help text as markup and drops it; help texts use parentheses.
+    for path, _command, param in _params(typer.main.get_command(app)):
+        assert "[" not in (param.help or ""), (path, param.name, param.help)
+    assert "third" in invoke("experiment", "--help").output  # --keep's default, once dropped
+
+
 def test_no_locals_in_tracebacks():
     assert app.pretty_exceptions_show_locals is False
 
