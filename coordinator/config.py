@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emulator.recipe import Recipe
 
 # Choices that name an extension point come from its registry, so a registered method is a valid value.
 # The registries import torch and peft, so they are read on first use: a mistyped key fails in a second.
@@ -166,11 +169,10 @@ class FederationConfig:
         """The kebab-case dict form (as in pyproject's [tool.flwr.app.config])."""
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
-    def with_recipe(self, n_params: int, n_blocks: int) -> FederationConfig:
-        """This config with lr, share and keep left at 0/auto filled in from the full model's size."""
-        from emulator.recipe import CONTROL_LR, recipe_for
+    def with_recipe(self, recipe: Recipe) -> FederationConfig:
+        """This config with lr, share and keep left at 0/auto filled in from the model's default recipe."""
+        from emulator.recipe import CONTROL_LR
 
-        recipe = recipe_for(n_params, n_blocks, self.adapter_first, self.adapter_last)
         lr = recipe.lr if self.standin == "emulator" else CONTROL_LR
         return self.replace(
             lr=self.lr or lr,
@@ -316,14 +318,18 @@ class FederationConfig:
             raise ConfigError("dp-max-epsilon must be >= 0 (0: no limit)")
         if self.secure_aggregation:
             if self.strategy != "fedavg" or self.aggregator != "fedavg":
-                raise ConfigError("secure-aggregation sums masked updates: it needs strategy=fedavg, aggregator=fedavg")
+                raise ConfigError(
+                    "secure-aggregation sums masked updates: it needs strategy=fedavg, aggregator=fedavg"
+                )
             if self.dp == "server":
                 raise ConfigError(
                     "secure-aggregation hides each update, so the coordinator cannot clip them: use dp=client "
                     "(sites clip with Flower's fixedclipping_mod, the coordinator adds the noise)"
                 )
             if self.dp == "client" and self.lora_rank:
-                raise ConfigError("dp=client with secure-aggregation tunes whole adapter blocks: set lora-rank=0")
+                raise ConfigError(
+                    "dp=client with secure-aggregation tunes whole adapter blocks: set lora-rank=0"
+                )
             if self.lora_rank and self.lora_aggregation == "product":
                 raise ConfigError("secure-aggregation averages tensors: use lora-aggregation=ffa with LoRA")
             if not 2 <= self.secagg_threshold <= self.secagg_shares:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
+from emulator.blocks import get_blocks
+
 PRETRAINED_PARAMS = 50_000_000
 KEEP_FRACTION = 1 / 3
 CONTROL_LR = 1e-3  # a control model is trained from scratch, whatever the full model's size
@@ -32,3 +36,12 @@ def recipe_for(n_params: int, n_blocks: int, first: int, last: int) -> Recipe:
     if n_params >= PRETRAINED_PARAMS:
         return Recipe(lr=3e-4, share="none", keep=keep)
     return Recipe(lr=1e-3, share="full", keep=keep)
+
+
+def recipe_for_model(model: nn.Module, first: int, last: int, find_blocks: bool = True) -> Recipe:
+    """The default recipe for `model`, from its parameter count and blocks.
+
+    `find_blocks=False` skips finding the blocks (a control stand-in removes none; its keep is moot).
+    """
+    n_blocks = len(get_blocks(model)) if find_blocks else first + last + 1
+    return recipe_for(sum(p.numel() for p in model.parameters()), n_blocks, first, last)

@@ -23,7 +23,7 @@ from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
 from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
-from emulator.recipe import recipe_for
+from emulator.recipe import recipe_for_model
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
@@ -113,7 +113,7 @@ class _Runner:
     def __init__(self, cfg: ExperimentConfig, progress: Progress | None, log, steps: Progress | None):
         self.full, self.tok = load_model(cfg.model)
         n_blocks = len(get_blocks(self.full))
-        auto = recipe_for(sum(p.numel() for p in self.full.parameters()), n_blocks, cfg.first, cfg.last)
+        auto = recipe_for_model(self.full, cfg.first, cfg.last)
         cfg = replace(cfg, lr=auto.lr if cfg.lr is None else cfg.lr, share=cfg.share or auto.share,
                       keep=cfg.keep or auto.keep)  # fmt: skip
         self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps

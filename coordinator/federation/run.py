@@ -27,10 +27,10 @@ from coordinator.federation.report import build_report, format_summary, save_rep
 from coordinator.federation.standin import kind_of
 from coordinator.federation.standin.bundle import StandIn, prepare_standin, signing_key
 from coordinator.ops.observers import Observers
-from emulator.blocks import get_blocks
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
+from emulator.recipe import recipe_for_model
 from emulator.reference import trainable_copy
 from emulator.train import tune
 from emulator.zoo import load_model
@@ -151,11 +151,10 @@ class Run:
 
 def with_model_recipe(cfg: FederationConfig, full: nn.Module) -> FederationConfig:
     """`cfg` with lr, share and keep left at 0/auto chosen from the full model (emulator.recipe), logged."""
-    # a control stand-in removes no blocks, so the full model's blocks need not be found
-    n_blocks = (
-        len(get_blocks(full)) if cfg.standin == "emulator" else cfg.adapter_first + cfg.adapter_last + 1
+    recipe = recipe_for_model(
+        full, cfg.adapter_first, cfg.adapter_last, find_blocks=cfg.standin == "emulator"
     )
-    resolved = cfg.with_recipe(sum(p.numel() for p in full.parameters()), n_blocks)
+    resolved = cfg.with_recipe(recipe)
     chosen = {
         k: getattr(resolved, k) for k in ("lr", "share", "keep") if getattr(resolved, k) != getattr(cfg, k)
     }

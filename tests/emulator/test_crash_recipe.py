@@ -118,14 +118,24 @@ def test_recipe_follows_model_size():
     assert recipe_for(1_000_000, 5, 2, 2).keep == 1  # never below one block
 
 
+def test_recipe_is_counted_from_the_model_itself():
+    from emulator.recipe import recipe_for_model
+    from emulator.zoo import load_model
+
+    base, _ = load_model("zoo:base")
+    assert recipe_for_model(base, 2, 2) == Recipe(lr=1e-3, share="full", keep=3)
+    assert recipe_for_model(base, 1, 1).keep == round(10 / 3)
+
+
 def test_federation_fills_lr_share_and_keep_from_the_model_only_where_left_unset():
     from coordinator.config import FederationConfig
+    from emulator.recipe import recipe_for
 
     cfg = FederationConfig()
     assert (cfg.lr, cfg.share, cfg.keep) == (0.0, "auto", 0)
-    big = cfg.with_recipe(135_000_000, 30)
+    big = cfg.with_recipe(recipe_for(135_000_000, 30, 2, 2))
     assert (big.lr, big.share, big.keep) == (3e-4, "none", 9)
-    mine = cfg.replace(lr=5e-3, share="partial:2", keep=4).with_recipe(135_000_000, 30)
+    mine = cfg.replace(lr=5e-3, share="partial:2", keep=4).with_recipe(recipe_for(135_000_000, 30, 2, 2))
     assert (mine.lr, mine.share, mine.keep) == (5e-3, "partial:2", 4)
-    control = cfg.replace(standin="control").with_recipe(135_000_000, 30)
+    control = cfg.replace(standin="control").with_recipe(recipe_for(135_000_000, 30, 2, 2))
     assert control.lr == 1e-3  # the control model is trained from scratch
