@@ -7,7 +7,10 @@ and jobs already in the output file are skipped, so a sweep can be stopped and r
     python -m bench.recipe_sweep --model zoo:smollm2 --steps 40 --n-test 150 \\
         --jobs "ref-zs;crash,keep=8,share=none,lr=3e-4;ref-ft,lr=1e-3" --out bench/results/smollm2-sweep.json
 
-A job is `ref-zs`, `ref-ft[,lr=X]`, or `METHOD[,keep=K][,share=S][,clustering=C][,lr=X]`.
+A job is `ref-zs`, `ref-ft[,lr=X]`, or
+`METHOD[,keep=K][,share=S][,clustering=C][,placement=P][,distill=N][,lr=X]`, where `distill=N` trains
+the emulator's middle for N steps against the full model (LM + NMSE on public text) before tuning,
+and `lora=R` tunes LoRA of rank R on the adapter blocks instead of the whole blocks.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import torch
 from emulator.blocks import get_blocks
 from emulator.data import load_task
 from emulator.derive import EmulatorOptions, block_similarity, derive_emulator
-from emulator.distill import text_rows
+from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
-from emulator.plugin import plug_in
+from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
@@ -37,7 +40,9 @@ def parse_job(text: str) -> dict:
     job: dict = {"kind": kind}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        job[key] = float(value) if key == "lr" else int(value) if key == "keep" else value
+        job[key] = (
+            float(value) if key == "lr" else int(value) if key in ("keep", "distill", "lora") else value
+        )
     job["name"] = ",".join([kind, *pairs])
     return job
 
@@ -90,22 +95,36 @@ class Sweep:
         options = EmulatorOptions(
             job["kind"], self.args.first, self.args.last, job.get("keep", self.args.keep),
             clustering=job.get("clustering", "balanced"), share=job.get("share", "full"),
+            placement=job.get("placement", "edges"),
         )  # fmt: skip
         emu = derive_emulator(self.full, options, tokenizer=self.tok, similarity=self.sim)
-        key = json.dumps(emu.manifest.layout)
+        extra = {}
+        if job.get("distill"):
+            emu = copy.deepcopy(emu)
+            stats = distill(emu, self.full, *self.calib, steps=job["distill"], seed=self.args.seed)
+            extra = {"distill_steps": job["distill"]} | {f"distill_{k}": v for k, v in stats.items()}
+        key = json.dumps([emu.manifest.layout, job.get("distill", 0)])
         if key not in self.zero_shot:
             self.zero_shot[key] = self.score(emu.model)
         row = {"layout": emu.manifest.layout, "clusters": emu.manifest.clusters, "lr": lr,
+               "adapter_blocks": emu.manifest.adapter_blocks,
                "depth": len(emu.manifest.layout), "stored_blocks": len(emu.manifest.stored_blocks),
-               "emulator zero-shot": self.zero_shot[key]}  # fmt: skip
+               "emulator zero-shot": self.zero_shot[key]} | extra  # fmt: skip
         emu = copy.deepcopy(emu)
-        row |= self.fit(emu.model, emu.freeze_all_but_adapter(), lr)
-        row["emulator FT"] = self.score(emu.model)
-        row["plug-in"] = self.score(plug_in(self.full, emu.adapter_state_dict()))
+        if rank := job.get("lora", 0):
+            model = add_lora(emu.model, emu.manifest.adapter_positions, rank)
+            row |= self.fit(model, [p for p in model.parameters() if p.requires_grad], lr)
+            row["emulator FT"] = self.score(model)
+            plugged = plug_in_lora(self.full, lora_state(model, emu.manifest.layout), rank)
+        else:
+            row |= self.fit(emu.model, emu.freeze_all_but_adapter(), lr)
+            row["emulator FT"] = self.score(emu.model)
+            plugged = plug_in(self.full, emu.adapter_state_dict())
+        row["plug-in"] = self.score(plugged)
         return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the jobs not yet in --out, writing the file after each."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="zoo:smollm2")
@@ -125,7 +144,7 @@ def main() -> None:
         "--similarity", type=Path, help="cache file of the block CKA matrix (read, or written once)"
     )
     p.add_argument("--out", type=Path, default=Path("bench/results/smollm2-sweep.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = {k: v for k, v in vars(args).items() if k not in ("jobs", "out", "threads", "similarity")}
     report = json.loads(args.out.read_text()) if args.out.exists() else {"settings": settings, "rows": {}}
