@@ -128,7 +128,28 @@ def play_round(run: Run, strategy: OffsiteStrategy, grid: Grid, rnd: int, arrays
     log.info("round %d/%d: %d/%d updates, %s, %.1f s", rnd, cfg.rounds, len(strategy.round_log.replies),
              len(messages), _accuracy_text(evals), entry["wall_s"])  # fmt: skip
     _warn_if_dare_unsafe(cfg, rnd, metrics)
+    warn_if_near_round_timeout(cfg, rnd, entry)
     return arrays
+
+
+NEAR_TIMEOUT = 0.8  # a round that used this share of round-timeout is one slow site from losing updates
+
+
+def warn_if_near_round_timeout(cfg: FederationConfig, rnd: int, entry: dict) -> str | None:
+    """Warn (and return the text) when sites timed out or the round came close to `round-timeout`."""
+    late = [row["node"] for row in entry["clients"] if row["status"] == "timeout"]
+    if late:
+        text = (f"round {rnd}: {len(late)} of {len(entry['clients'])} sites sent nothing within round-timeout "
+                f"{cfg.round_timeout:.0f} s, so their updates are lost; slow sites (a large model on CPU, "
+                "several sites sharing cores) need a larger round-timeout")  # fmt: skip
+    elif entry["train_s"] > NEAR_TIMEOUT * cfg.round_timeout:
+        text = (f"round {rnd}: the slowest site answered after {entry['train_s']:.0f} s of the "
+                f"{cfg.round_timeout:.0f} s round-timeout; raise round-timeout before a slower round loses "
+                "updates")  # fmt: skip
+    else:
+        return None
+    log.warning(text)
+    return text
 
 
 def _client_eval(
