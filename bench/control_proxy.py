@@ -1,9 +1,12 @@
-"""Proxy-tuning on the zoo: zoo:base guided by zoo:small + LoRA (tuned centrally) vs untuned zoo:small.
+"""Proxy-tuning: a base model guided by a small expert (LoRA, tuned centrally) vs its untuned self.
 
 Prints and saves: accuracy of base alone, proxy, expert alone; the share of the base-to-expert gap
-closed; and decode latency per token of proxy vs base alone (same batch, same stepping code, one run).
+closed (and, with --reference, of the gap to the base tuned directly); and decode latency per
+token of proxy vs base alone (same batch, same stepping code, one run).
 
-    python3 bench/control_proxy.py          # writes bench/results/control_proxy.json
+    python3 bench/control_proxy.py          # zoo:base + zoo:small, writes bench/results/control_proxy.json
+    python3 bench/control_proxy.py --base zoo:smollm2 --small zoo:smollm2-small \
+        --reference bench/results/smollm2-experiment.json --out bench/results/control_proxy_smollm2.json
 """
 
 from __future__ import annotations
@@ -37,6 +40,17 @@ def _latency(base, tok, prompts, pair, new_tokens: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _tuned_base(report: str | None, model: str, task: str) -> float | None:
+    """Mean 'full FT (all)' accuracy of `model` on `task` from an experiment report, if one is given."""
+    if not report:
+        return None
+    data = json.loads(Path(report).read_text())
+    cfg = data["config"]
+    if cfg["model"] != model or cfg["task"] != task:
+        raise SystemExit(f"{report} is an experiment on {cfg['model']} / {cfg['task']}, not {model} / {task}")
+    return next(iter(data["table"].values()))["full FT (all)"]["mean"]  # every row carries the references
+
+
 def main() -> None:
     """Tune the expert, score the three decoders, time them; print and save JSON."""
     ap = argparse.ArgumentParser()
@@ -46,18 +60,25 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--base", default="zoo:base", help="the large model to steer")
+    ap.add_argument("--small", default="zoo:small", help="expert / anti-expert, on the base's vocabulary")
+    ap.add_argument("--task", default="wn-category")
+    ap.add_argument("--lr", type=float, default=3e-3, help="the expert's LoRA learning rate")
+    ap.add_argument(
+        "--reference", help="an `offsite experiment` report of the base: its full FT (all) is the tuned base"
+    )
     ap.add_argument("--out", default="bench/results/control_proxy.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base, tok = load_model("zoo:base")
-    small, stok = load_model("zoo:small")
+    base, tok = load_model(args.base)
+    small, stok = load_model(args.small)
     check_same_vocab(tok, stok, base, small)
-    train = load_task("wn-category", "train")[: args.n_train]
-    test = load_task("wn-category", "test")[: args.n_test]
+    train = load_task(args.task, "train")[: args.n_train]
+    test = load_task(args.task, "test")[: args.n_test]
     torch.manual_seed(0)
     expert = add_lora(small, list(range(small.config.num_hidden_layers)), args.rank)
     params = [p for p in expert.parameters() if p.requires_grad]
-    stats = tune(expert, stok, train, params, steps=args.steps, lr=3e-3, batch_size=16, seed=0)
+    stats = tune(expert, stok, train, params, steps=args.steps, lr=args.lr, batch_size=16, seed=0)
     expert.eval()
     pair = SmallPair(expert)  # expert and anti-expert: one peft model, a two-row mixed batch
     acc_base = accuracy(base, tok, test)
@@ -69,6 +90,14 @@ def main() -> None:
     closed = (acc_proxy - acc_base) / gap if gap else None
     print(f"base {acc_base:.1f}  proxy {acc_proxy:.1f}  expert {acc_expert:.1f}  anti-expert {acc_anti:.1f}  "
           f"gap closed {100 * closed:.0f}%" if closed is not None else "no gap", flush=True)  # fmt: skip
+    tuned = _tuned_base(args.reference, args.base, args.task)
+    closed_tuned = (
+        (acc_proxy - acc_base) / (tuned - acc_base) if tuned is not None and tuned != acc_base else None
+    )
+    if closed_tuned is not None:
+        print(
+            f"base tuned directly {tuned:.1f}: proxy closes {100 * closed_tuned:.0f}% of that gap", flush=True
+        )
     pos = load_task("wn-pos", "test")[: args.batch]
     prompts = [e.prompt for e in pos]
     split = SmallPair.split(expert)  # the same pair as two plain models: merged expert, bare base
@@ -85,10 +114,12 @@ def main() -> None:
           f"{1e3 * lat_proxy:.2f} ms ({lat_proxy / lat_base:.2f}x), proxy (mixed peft batch) "
           f"{1e3 * lat_mixed:.2f} ms ({lat_mixed / lat_base:.2f}x)", flush=True)  # fmt: skip
     out = {
-        "task": "wn-category",
+        "task": args.task,
         "n_test": len(test),
+        "base": args.base,
         "expert": {
-            "model": "zoo:small",
+            "model": args.small,
+            "lr": args.lr,
             "lora_rank": args.rank,
             "tuning": "centralised",
             "steps": args.steps,
@@ -98,6 +129,7 @@ def main() -> None:
         },  # fmt: skip
         "accuracy": {"base": acc_base, "proxy": acc_proxy, "expert": acc_expert, "anti_expert": acc_anti},
         "gap_closed_share": closed,
+        "tuned_base": {"accuracy": tuned, "from": args.reference, "gap_closed_share": closed_tuned},
         "latency": {
             "batch": args.batch,
             "new_tokens": args.new_tokens,

@@ -20,7 +20,7 @@ zoo_app = typer.Typer(
 @zoo_app.command("build")
 def zoo_build(
     only: Annotated[
-        list[str] | None, typer.Option(help="Build only these models (base, small, other).")
+        list[str] | None, typer.Option(help="Build only these models (base, small, other, smollm2-small).")
     ] = None,
     tasks: Annotated[bool, typer.Option(help="Also rebuild the task files.")] = True,
     out: Annotated[

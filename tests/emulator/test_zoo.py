@@ -20,7 +20,7 @@ def test_shipped_zoo_loads_offline_with_expected_shapes():
         t.startswith("▁") for t in other_tok.get_vocab()
     )
     sizes = sum(f.stat().st_size for name in MODELS for f in resolve_model(name).iterdir())
-    assert sizes < 32 * 2**20  # shipped in the repo: keep it small
+    assert sizes < 48 * 2**20  # shipped in the repo: keep it small
 
 
 def test_zoo_base_model_learned_english():
