@@ -28,7 +28,7 @@ from emulator.data import load_task
 from emulator.derive import EmulatorOptions, block_similarity, derive_emulator
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
-from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
+from emulator.plugin import plug_in_tuned, tunable_adapter
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
@@ -97,10 +97,10 @@ class Sweep:
             clustering=job.get("clustering", "balanced"), share=job.get("share", "full"),
             placement=job.get("placement", "edges"),
         )  # fmt: skip
-        emu = derive_emulator(self.full, options, tokenizer=self.tok, similarity=self.sim)
+        # tuned and distilled in place: a copy, so nothing shared with the full model moves
+        emu = copy.deepcopy(derive_emulator(self.full, options, tokenizer=self.tok, similarity=self.sim))
         extra = {}
         if job.get("distill"):
-            emu = copy.deepcopy(emu)
             stats = distill(emu, self.full, *self.calib, steps=job["distill"], seed=self.args.seed)
             extra = {"distill_steps": job["distill"]} | {f"distill_{k}": v for k, v in stats.items()}
         key = json.dumps([emu.manifest.layout, job.get("distill", 0)])
@@ -110,17 +110,11 @@ class Sweep:
                "adapter_blocks": emu.manifest.adapter_blocks,
                "depth": len(emu.manifest.layout), "stored_blocks": len(emu.manifest.stored_blocks),
                "emulator zero-shot": self.zero_shot[key]} | extra  # fmt: skip
-        emu = copy.deepcopy(emu)
-        if rank := job.get("lora", 0):
-            model = add_lora(emu.model, emu.manifest.adapter_positions, rank)
-            row |= self.fit(model, [p for p in model.parameters() if p.requires_grad], lr)
-            row["emulator FT"] = self.score(model)
-            plugged = plug_in_lora(self.full, lora_state(model, emu.manifest.layout), rank)
-        else:
-            row |= self.fit(emu.model, emu.freeze_all_but_adapter(), lr)
-            row["emulator FT"] = self.score(emu.model)
-            plugged = plug_in(self.full, emu.adapter_state_dict())
-        row["plug-in"] = self.score(plugged)
+        rank = job.get("lora", 0)
+        model, params = tunable_adapter(emu, rank)
+        row |= self.fit(model, params, lr)
+        row["emulator FT"] = self.score(model)
+        row["plug-in"] = self.score(plug_in_tuned(self.full, emu, model, rank))
         return row
 
 

@@ -198,6 +198,22 @@ def attach_adapter(emulator, adapter: dict[str, torch.Tensor], lora_rank: int) -
     return model
 
 
+def tunable_adapter(emulator, lora_rank: int) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The emulator's model to tune and its trainable parameters: the whole adapter blocks, or LoRA of
+    `lora_rank` on them (the model is then a peft wrapper of `emulator.model`)."""
+    if lora_rank == 0:
+        return emulator.model, emulator.freeze_all_but_adapter()
+    model = add_lora(emulator.model, emulator.manifest.adapter_positions, lora_rank)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def plug_in_tuned(full: nn.Module, emulator, model: nn.Module, lora_rank: int) -> nn.Module:
+    """A copy of `full` carrying the adapter tuned in `model` (from `tunable_adapter`)."""
+    if lora_rank == 0:
+        return plug_in(full, emulator.adapter_state_dict())
+    return plug_in_lora(full, lora_state(model, emulator.manifest.layout), lora_rank)
+
+
 def plug_in_lora(full: nn.Module, state: dict[str, torch.Tensor], rank: int, **kwargs) -> PeftModel:
     """Return a peft model: a copy of `full` with the LoRA adapter placed at its block indices."""
     model = add_lora(copy.deepcopy(unwrap(full)), adapter_blocks_of(state), rank, **kwargs)

@@ -22,7 +22,7 @@ from emulator.data import Example, load_task
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy
-from emulator.plugin import add_lora, lora_state, plug_in, plug_in_lora
+from emulator.plugin import plug_in_tuned, tunable_adapter
 from emulator.recipe import recipe_for_model
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
@@ -178,18 +178,10 @@ class _Runner:
         else:
             emu = copy.deepcopy(self.emulators[v.name])
         self.score(v.name, "emulator zero-shot", emu.model)
-        if self.cfg.lora_rank:
-            model = add_lora(emu.model, emu.manifest.adapter_positions, self.cfg.lora_rank)
-            params = [p for p in model.parameters() if p.requires_grad]
-        else:
-            model, params = emu.model, emu.freeze_all_but_adapter()
+        model, params = tunable_adapter(emu, self.cfg.lora_rank)
         self.tune("emulator FT", model, params, seed, self.cfg.lr)
         self.score(v.name, "emulator FT", model)
-        if self.cfg.lora_rank:
-            plugged = plug_in_lora(self.full, lora_state(model, emu.manifest.layout), self.cfg.lora_rank)
-        else:
-            plugged = plug_in(self.full, emu.adapter_state_dict())
-        self.score(v.name, "plug-in", plugged)
+        self.score(v.name, "plug-in", plug_in_tuned(self.full, emu, model, self.cfg.lora_rank))
         self.log(
             f"seed {seed} {v.name}: " + ", ".join(f"{k} {x[-1]:.1f}" for k, x in self.results[v.name].items())
         )
