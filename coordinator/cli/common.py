@@ -59,7 +59,9 @@ class PlainProgress:
             with self._lock:
                 changed = [t for t, task in self._tasks.items() if self._state(task) != task["shown"]]
                 # Nothing moved: one line for the first unfinished task says the command is alive.
-                unfinished = [t for t, task in self._tasks.items() if task["completed"] < (task["total"] or 0)]
+                unfinished = [
+                    t for t, task in self._tasks.items() if task["completed"] < (task["total"] or 0)
+                ]
                 for task_id in changed or unfinished[:1] or list(self._tasks)[:1]:
                     self._emit(task_id)
 

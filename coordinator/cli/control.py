@@ -25,7 +25,7 @@ def control_kind(path: Path) -> str:
         if method != "control":  # emulator.control.model.CONTROL_METHOD
             fail(
                 f"--control: {path} is a run with an emulator stand-in ({method}), not a control run; "
-                "give a control model directory or a run made with -c standin=\"control\""
+                'give a control model directory or a run made with -c standin="control"'
             )
         if not (path / "adapter.safetensors").is_file():
             fail(f"--control: {path} is a control run that has not finished (no adapter.safetensors yet)")
@@ -103,7 +103,9 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 0.0,
     top_p: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="Nucleus sampling: keep the top tokens of this mass (0 < p <= 1)."),
+        typer.Option(
+            min=0.0, max=1.0, help="Nucleus sampling: keep the top tokens of this mass (0 < p <= 1)."
+        ),
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed of the sampling (temperature > 0).")] = 0,
 ) -> None:

@@ -31,8 +31,16 @@ def parse_variants(text: str) -> list[str]:
 
 def experiment(
     task: Annotated[
-        str, typer.Option(help="Embedded task name (wn-category, wn-pos) or a JSONL/CSV/Parquet file.")
+        str,
+        typer.Option(
+            help="A task name (wn-category, wn-pos, arc-easy, arc-challenge, piqa, sciq, openbookqa, "
+            "hellaswag), 'suite' for every benchmark, or a JSONL/CSV/Parquet file."
+        ),
     ] = "wn-category",
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated task names to run one after another, with their mean."),
+    ] = None,
     test_file: Annotated[
         Path | None,
         typer.Option(
@@ -72,6 +80,9 @@ def experiment(
         int, typer.Option(min=0, help="Distillation steps for +distill variants.")
     ] = 200,
     n_test: Annotated[int, typer.Option(min=1, help="Test examples to score (at most).")] = 300,
+    all_params: Annotated[
+        bool, typer.Option(help="Also fine-tune every parameter of the full model (the last column).")
+    ] = True,
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("runs/experiment.json"),
 ) -> None:
     """Run the centralised five-number experiment and print its table (see docs/architecture.md).
@@ -80,12 +91,14 @@ def experiment(
     --variants crash --seeds 1 takes about 10.
     """
     names = parse_variants(variants)
-    check_task(task)
+    suite = parse_tasks(task, tasks)
+    for name in suite or [task]:
+        check_task(name, "--tasks" if tasks else "--task")
     check_model(model)
     if first + last < 1:
         fail("--first and --last are both 0: the emulator needs at least one adapter block to tune")
     if test_file is not None:
-        if not is_data_file(task):
+        if suite or not is_data_file(task):
             fail("--test-file goes with a --task data file; embedded tasks have their own test split")
         check_task(str(test_file), "--test-file")
     task_spec = f"{task}{TEST_FILE_SEP}{test_file}" if test_file is not None else task
@@ -106,7 +119,10 @@ def experiment(
         _say_split(task, test_file)
     cfg = ExperimentConfig(model=model, task=task_spec, variants=names, seeds=list(range(seeds)), steps=steps,
                            first=first, last=last, keep=keep, lora_rank=lora_rank, n_test=n_test,
-                           distill_steps=distill_steps, clustering=clustering, share=share, lr=lr)  # fmt: skip
+                           distill_steps=distill_steps, clustering=clustering, share=share, lr=lr,
+                           all_params=all_params)  # fmt: skip
+    if suite:
+        return _suite(cfg, suite, out, model, seeds)
     try:
         report = _run(cfg, run_experiment)
     except (FileNotFoundError, ValueError, DataError) as exc:
@@ -115,6 +131,57 @@ def experiment(
     console.print(
         f"Total {report['total_seconds']:.0f} s, peak RSS {report['peak_mem_mb']:.0f} MiB. "
         f"Report: {save_report(report, out)}",
+        highlight=False,
+    )
+
+
+def parse_tasks(task: str, tasks: str | None) -> list[str] | None:
+    """The tasks of a suite run (--task suite or --tasks a,b), or None for a single-task run."""
+    from emulator.benchmarks.specs import BENCHMARKS, SUITE
+
+    if tasks is not None:
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        if not names:
+            fail("--tasks is empty; name tasks separated by commas")
+        if len(set(names)) < len(names):
+            fail(f"--tasks lists a task twice: {tasks!r}")
+        if any(is_data_file(t) for t in names):
+            fail("--tasks takes task names; run a data file with --task FILE")
+        return names
+    return list(BENCHMARKS) if task == SUITE else None
+
+
+def _suite(cfg, tasks: list[str], out: Path, model: str, seeds: int) -> None:
+    from coordinator.experiment import run_experiment, run_suite, save_report
+    from emulator.data import DataError
+
+    try:
+        report = run_suite(cfg, tasks, out, log=lambda m: console.print(m, highlight=False),
+                           run=lambda c: _run(c, run_experiment))  # fmt: skip
+    except (FileNotFoundError, ValueError, DataError) as exc:
+        fail(str(exc))
+    for name, rep in report["tasks"].items():
+        print_results(rep, name, model, seeds)
+    print_suite_mean(report, model)
+    console.print(f"Suite report: {save_report(report, out)}", highlight=False)
+
+
+def print_suite_mean(report: dict, model: str) -> None:
+    """The mean over the suite's tasks of each column and of the per-task recovery."""
+    from coordinator.experiment import COLUMNS
+
+    tasks = list(report["tasks"])
+    table = Table(title=f"Mean over {len(tasks)} tasks on {model} ({', '.join(tasks)})")
+    for col in ["emulator", *COLUMNS, "recovery"]:
+        table.add_column(col, overflow="fold")
+    for name, cols in report["mean"].items():
+        rec = cols.get("recovery")
+        table.add_row(name, *(f"{cols[c]:.1f}" if c in cols else "-" for c in COLUMNS),
+                      f"{100 * rec:.0f}%" if rec is not None else "-")  # fmt: skip
+    console.print(table)
+    console.print(
+        "recovery: (plug-in − full zero-shot) / (full FT of the adapter blocks − full zero-shot), per task, "
+        "then averaged over the tasks where full FT gained.",
         highlight=False,
     )
 
@@ -138,7 +205,7 @@ def _run(cfg, run_experiment) -> dict:
     n_variants = len(cfg.variants)
     with progress() as bar:
         # Per seed: 2 full fine-tunes + their evals, then per variant a tune and 3 evals (+ distillation).
-        total = 1 + n_variants + len(cfg.seeds) * (4 + n_variants * 4)
+        total = 1 + n_variants + len(cfg.seeds) * (2 + 2 * cfg.all_params + n_variants * 4)
         total += len(cfg.seeds) * sum(v.endswith("+distill") for v in cfg.variants)
         job = bar.add_task("experiment", total=total, info="")
         step_job = bar.add_task("  stage", total=1, info="")
@@ -164,7 +231,8 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
 
     spread = seeds > 1
     n_test = report.get("n_test")
-    what = f"accuracy % on {n_test} test examples" if n_test else "accuracy %"
+    metric = report.get("metric", "acc")
+    what = f"{metric} % on {n_test} test examples" if n_test else f"{metric} %"
     how = f"mean ± std over {seeds} seeds" if spread else "one seed"
     table = Table(title=f"{task} on {model} — {what} ({how})")
     for col in ["emulator", *COLUMNS, "CPL ratio"]:
@@ -174,12 +242,15 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
     for name, row in report["table"].items():
         ratio = row["checks"]["cpl_ratio"]
         missing |= ratio is None
-        table.add_row(name, *(_cell(row[c], spread) for c in COLUMNS), f"{ratio:.2f}" if ratio is not None
+        table.add_row(name, *(_cell(row[c], spread) if c in row else "-" for c in COLUMNS),
+                      f"{ratio:.2f}" if ratio is not None
                       else "-¹")  # fmt: skip
     console.print(table)
     console.print("CPL ratio: emulator zero-shot / full zero-shot.", highlight=False)
     if missing:
         console.print("¹ no ratio: the full model scores 0 zero-shot.", highlight=False)
+    if report.get("split"):
+        console.print(report["split"], highlight=False)
     for name, row in report["table"].items():
         console.print(recovery_line(name, row), highlight=False)
 
@@ -197,5 +268,11 @@ def recovery_line(name: str, row: dict) -> str:
         f"{name}: plug-in − emulator FT = {c['plugin_minus_emulator_ft']:+.1f} pts; plug-in − full "
         f"zero-shot = {c['plugin_minus_full_zero_shot']:+.1f} pts; "
         f"{_share(c['recovered_share_of_adapter_ft_gain'], row['full FT (adapter)']['mean'] - zs, 'adapter-FT')}, "
-        f"{_share(c['recovered_share_of_all_params_ft_gain'], row['full FT (all)']['mean'] - zs, 'all-params FT')}"
+        + (
+            _share(
+                c["recovered_share_of_all_params_ft_gain"], row["full FT (all)"]["mean"] - zs, "all-params FT"
+            )
+            if "full FT (all)" in row
+            else "all-params FT not run"
+        )
     )

@@ -48,7 +48,12 @@ def zoo_build(
 
 @zoo_app.command("fetch")
 def zoo_fetch(
-    name: Annotated[str, typer.Argument(help="A pretrained zoo model: smollm2.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A pretrained zoo model (smollm2), or 'benchmarks' for the benchmark tasks' data."
+        ),
+    ],
     prepare: Annotated[
         bool, typer.Option(help="Also dequantise the GGUF into its cached checkpoint now.")
     ] = True,
@@ -57,6 +62,8 @@ def zoo_fetch(
     from emulator.zoo.fetch import fetch, spec_of
     from emulator.zoo.gguf import gguf_checkpoint
 
+    if name == "benchmarks":
+        return _fetch_benchmarks()
     try:
         spec = spec_of(name)
         path = fetch(spec.name, announce=lambda m: console.print(m, highlight=False))
@@ -66,6 +73,18 @@ def zoo_fetch(
             console.print(f"zoo:{spec.name} checkpoint: {checkpoint}", highlight=False)
     except (KeyError, FileNotFoundError, ValueError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+
+
+def _fetch_benchmarks() -> None:
+    from emulator.benchmarks.source import ensure_datasets
+    from emulator.benchmarks.specs import BENCHMARKS
+    from emulator.zoo.fetch import FetchError
+
+    try:
+        path = ensure_datasets(announce=lambda m: console.print(m, highlight=False))
+    except FetchError as exc:
+        fail(str(exc))
+    console.print(f"benchmark tasks ({', '.join(BENCHMARKS)}): {path}", highlight=False)
 
 
 @zoo_app.command("info")

