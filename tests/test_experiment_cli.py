@@ -38,6 +38,8 @@ def test_experiment_reports_every_stage_for_every_seed(tiny_checkpoint):
             "full FT (all)",
         ]:
             assert len(row[key]["values"]) == 2 and all(0 <= v <= 100 for v in row[key]["values"])
+        assert len(row["gradient cosine"]["values"]) == 2
+        assert all(-1.0 <= v <= 1.0 + 1e-9 for v in row["gradient cosine"]["values"])
         assert row["checks"]["plugin_minus_emulator_ft"] == pytest.approx(
             row["plug-in"]["mean"] - row["emulator FT"]["mean"]
         )

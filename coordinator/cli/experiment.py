@@ -235,18 +235,24 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
     what = f"{metric} % on {n_test} test examples" if n_test else f"{metric} %"
     how = f"mean ± std over {seeds} seeds" if spread else "one seed"
     table = Table(title=f"{task} on {model} — {what} ({how})")
-    for col in ["emulator", *COLUMNS, "CPL ratio"]:
+    for col in ["emulator", *COLUMNS, "CPL ratio", "recovery", "grad cos"]:
         # Never cut a cell to 'emulat…': fold long ones instead.
         table.add_column(col, overflow="fold")
     missing = False
     for name, row in report["table"].items():
-        ratio = row["checks"]["cpl_ratio"]
+        ratio, rec = row["checks"]["cpl_ratio"], row["checks"]["recovered_share_of_adapter_ft_gain"]
         missing |= ratio is None
+        cos = row.get("gradient cosine")
         table.add_row(name, *(_cell(row[c], spread) if c in row else "-" for c in COLUMNS),
-                      f"{ratio:.2f}" if ratio is not None
-                      else "-¹")  # fmt: skip
+                      f"{ratio:.2f}" if ratio is not None else "-¹", f"{100 * rec:.0f}%" if rec is not None else "-",
+                      f"{cos['mean']:.2f}" if cos else "-")  # fmt: skip
     console.print(table)
-    console.print("CPL ratio: emulator zero-shot / full zero-shot.", highlight=False)
+    console.print(
+        "CPL ratio: emulator zero-shot / full zero-shot. recovery: (plug-in − full zero-shot) / (full FT "
+        "(adapter) − full zero-shot). grad cos: cosine between the adapter's task gradient through the "
+        "emulator and through the full model, before tuning.",
+        highlight=False,
+    )
     if missing:
         console.print("¹ no ratio: the full model scores 0 zero-shot.", highlight=False)
     if report.get("split"):

@@ -20,6 +20,7 @@ from torch import nn
 from emulator.blocks import get_blocks
 from emulator.data import Example, load_task, task_metric, task_split_note
 from emulator.derive import EmulatorOptions, derive_emulator
+from emulator.diagnostics import gradient_cosine
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy, resolve_metric
 from emulator.plugin import plug_in_tuned, tunable_adapter
@@ -186,6 +187,9 @@ class _Runner:
         else:
             emu = copy.deepcopy(self.emulators[v.name])
         self.score(v.name, "emulator zero-shot", emu.model)
+        cosine = self.timed("gradient cosine", lambda: gradient_cosine(
+            self.full, emu, self.tok, self.train, self.cfg.batch_size, seed))  # fmt: skip
+        self.results[v.name].setdefault("gradient cosine", []).append(cosine)
         model, params = tunable_adapter(emu, self.cfg.lora_rank)
         self.tune("emulator FT", model, params, seed, self.cfg.lr)
         self.score(v.name, "emulator FT", model)
