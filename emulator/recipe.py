@@ -45,3 +45,26 @@ def recipe_for_model(model: nn.Module, first: int, last: int, find_blocks: bool 
     """
     n_blocks = len(get_blocks(model)) if find_blocks else first + last + 1
     return recipe_for(sum(p.numel() for p in model.parameters()), n_blocks, first, last)
+
+
+def resolve_recipe(
+    model: nn.Module,
+    first: int,
+    last: int,
+    lr: float | None = None,
+    share: str | None = None,
+    keep: int | None = None,
+    find_blocks: bool = True,
+) -> tuple[Recipe, str]:
+    """The recipe a run uses, and a line that says it: each of lr, share and keep as given, or, when
+    None / 'auto' / 0, the model's default (`recipe_for_model`). Every entry point resolves here."""
+    auto = recipe_for_model(model, first, last, find_blocks)
+    given = {"lr": lr, "share": None if share == "auto" else share, "keep": keep or None}
+    recipe = Recipe(**{k: auto.__dict__[k] if v is None else v for k, v in given.items()})
+    n = sum(p.numel() for p in model.parameters())
+    size = "≥" if n >= PRETRAINED_PARAMS else "<"
+    parts = [f"{k} {getattr(recipe, k)}" + (" (by size)" if given[k] is None else "") for k in given]
+    return (
+        recipe,
+        f"recipe: {', '.join(parts)} — {n / 1e6:.1f}M parameters, {size} {PRETRAINED_PARAMS / 1e6:.0f}M",
+    )

@@ -25,13 +25,19 @@ def derive(
     first: Annotated[int, typer.Option(min=0, help="Adapter blocks at the bottom.")] = 2,
     last: Annotated[int, typer.Option(min=0, help="Adapter blocks at the top.")] = 2,
     keep: Annotated[
-        int, typer.Option(min=1, help="Blocks (uniform) or clusters (crash) kept for the middle.")
-    ] = 3,
+        int,
+        typer.Option(
+            min=0,
+            help="Blocks (uniform) or clusters (crash) kept for the middle (0: by model size, about a third).",
+        ),
+    ] = 0,
     placement: Annotated[str, typer.Option(help="edges (first/last) or spread (crash only).")] = "edges",
     clustering: Annotated[
         str, typer.Option(help="crash: balanced (≤ ceil(middle/keep) blocks a cluster) or adjacent.")
     ] = "balanced",
-    share: Annotated[str, typer.Option(help="crash: full, partial:R or none (kept blocks once).")] = "full",
+    share: Annotated[
+        str, typer.Option(help="crash: full, partial:R, none (kept blocks once) or auto (by model size).")
+    ] = "auto",
     distill_steps: Annotated[
         int, typer.Option(min=0, help="Distil the middle for this many steps (0: off).")
     ] = 0,
@@ -51,12 +57,15 @@ def derive(
 
     from emulator.derive import EmulatorOptions, derive_emulator
     from emulator.distill import distill, text_rows
+    from emulator.recipe import resolve_recipe
     from emulator.zoo import load_model, public_texts
 
     try:
         with status(f"Loading {model}"):
             full, tok = load_model(model)
-        options = EmulatorOptions(method, first, last, keep, placement, clustering, share)
+        recipe, line = resolve_recipe(full, first, last, None, share, keep)
+        console.print(line, highlight=False)
+        options = EmulatorOptions(method, first, last, recipe.keep, placement, clustering, recipe.share)
         options.check(full.config.num_hidden_layers)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -12,6 +12,8 @@ from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, check_model,
 from coordinator.cli.common import console, fail, progress
 
 METHODS = EMULATOR_METHODS
+# How a table's title names the task's metric (emulator.evaluate.METRICS).
+METRIC_TITLES = {"acc": "accuracy", "acc_norm": "acc_norm (per-byte accuracy)", "exact_match": "exact match"}
 
 
 def parse_variants(text: str) -> list[str]:
@@ -231,7 +233,7 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
 
     spread = seeds > 1
     n_test = report.get("n_test")
-    metric = report.get("metric", "acc")
+    metric = METRIC_TITLES.get(report.get("metric", "acc"), "accuracy")
     what = f"{metric} % on {n_test} test examples" if n_test else f"{metric} %"
     how = f"mean ± std over {seeds} seeds" if spread else "one seed"
     table = Table(title=f"{task} on {model} — {what} ({how})")

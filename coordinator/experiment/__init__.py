@@ -24,7 +24,7 @@ from emulator.diagnostics import gradient_cosine
 from emulator.distill import distill, text_rows
 from emulator.evaluate import accuracy, resolve_metric
 from emulator.plugin import plug_in_tuned, tunable_adapter
-from emulator.recipe import recipe_for_model
+from emulator.recipe import resolve_recipe
 from emulator.reference import trainable_copy
 from emulator.train import peak_memory_mb, tune
 from emulator.zoo import load_model, public_texts
@@ -115,9 +115,9 @@ class _Runner:
     def __init__(self, cfg: ExperimentConfig, progress: Progress | None, log, steps: Progress | None):
         self.full, self.tok = load_model(cfg.model)
         n_blocks = len(get_blocks(self.full))
-        auto = recipe_for_model(self.full, cfg.first, cfg.last)
-        cfg = replace(cfg, lr=auto.lr if cfg.lr is None else cfg.lr, share=cfg.share or auto.share,
-                      keep=cfg.keep or auto.keep)  # fmt: skip
+        recipe, line = resolve_recipe(self.full, cfg.first, cfg.last, cfg.lr, cfg.share, cfg.keep)
+        log(line)
+        cfg = replace(cfg, lr=recipe.lr, share=recipe.share, keep=recipe.keep)
         self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps
         self.train = load_task(cfg.task, "train")[: cfg.n_train]
         self.test = load_task(cfg.task, "test")[: cfg.n_test]

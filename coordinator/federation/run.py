@@ -30,7 +30,7 @@ from coordinator.ops.observers import Observers
 from emulator.data import Example, load_task
 from emulator.emulator import Emulator
 from emulator.evaluate import accuracy
-from emulator.recipe import recipe_for_model
+from emulator.recipe import resolve_recipe
 from emulator.reference import trainable_copy
 from emulator.train import tune
 from emulator.zoo import load_model
@@ -151,16 +151,12 @@ class Run:
 
 def with_model_recipe(cfg: FederationConfig, full: nn.Module) -> FederationConfig:
     """`cfg` with lr, share and keep left at 0/auto chosen from the full model (emulator.recipe), logged."""
-    recipe = recipe_for_model(
-        full, cfg.adapter_first, cfg.adapter_last, find_blocks=cfg.standin == "emulator"
-    )
-    resolved = cfg.with_recipe(recipe)
-    chosen = {
-        k: getattr(resolved, k) for k in ("lr", "share", "keep") if getattr(resolved, k) != getattr(cfg, k)
-    }
-    if chosen:
-        log.info("recipe by model size: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
-    return resolved
+    emulator = cfg.standin == "emulator"
+    recipe, line = resolve_recipe(full, cfg.adapter_first, cfg.adapter_last, cfg.lr or None, cfg.share, cfg.keep,
+                                  find_blocks=emulator)  # fmt: skip
+    if emulator:
+        log.info(line)
+    return cfg.with_recipe(recipe)
 
 
 def last_round(cfg: FederationConfig) -> int:

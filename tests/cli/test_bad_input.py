@@ -62,7 +62,7 @@ def test_run_refuses_unknown_keys_bad_types_and_missing_inputs(tmp_path):
         (["experiment", "--steps", "0"], "'--steps': 0 is not in the range x>=1"),
         (["experiment", "--n-test", "0"], "'--n-test': 0 is not in the range x>=1"),
         (["experiment", "--keep", "0"], "'--keep': 0 is not in the range x>=1"),
-        (["derive", "--out", "x", "--keep", "0"], "'--keep': 0 is not in the range x>=1"),
+        (["derive", "--out", "x", "--keep", "-1"], "'--keep': -1 is not in the range x>=0"),
         (["generate", "--prompt", "a", "--top-p", "2"], "'--top-p': 2.0 is not in the range 0.0<=x<=1.0"),
         (["generate", "--prompt", "a", "--max-new-tokens", "0"], "'--max-new-tokens': 0 is not in the range"),
         (["generate", "--prompt", "a", "--top-p", "0"], "--top-p must be > 0"),
@@ -140,13 +140,13 @@ def test_derive_names_its_methods():
 
 def test_cli_copies_match_the_emulator():
     from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, embedded_tasks, zoo_models
-    from emulator.data import EMBEDDED_TASKS
     from emulator.data import TEST_FILE_SEP as DATA_SEP
+    from emulator.data import task_names
     from emulator.derive import METHODS
     from emulator.zoo.specs import MODELS, PRETRAINED
 
     assert EMULATOR_METHODS == METHODS and TEST_FILE_SEP == DATA_SEP
-    assert embedded_tasks() == sorted(EMBEDDED_TASKS) and zoo_models() == sorted([*MODELS, *PRETRAINED])
+    assert embedded_tasks() == task_names() and zoo_models() == sorted([*MODELS, *PRETRAINED])
 
 
 def test_run_checks_both_files_of_a_train_test_task(tmp_path):

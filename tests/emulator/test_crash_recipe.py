@@ -139,3 +139,14 @@ def test_federation_fills_lr_share_and_keep_from_the_model_only_where_left_unset
     assert (mine.lr, mine.share, mine.keep) == (5e-3, "partial:2", 4)
     control = cfg.replace(standin="control").with_recipe(recipe_for(135_000_000, 30, 2, 2))
     assert control.lr == 1e-3  # the control model is trained from scratch
+
+
+def test_every_entry_point_resolves_the_recipe_in_one_place():
+    from emulator.recipe import recipe_for_model, resolve_recipe
+
+    full = tiny_model("llama", layers=10)
+    auto = recipe_for_model(full, 2, 2)
+    recipe, line = resolve_recipe(full, 2, 2, None, "auto", 0)
+    assert recipe == auto and line.count("(by size)") == 3
+    given, line = resolve_recipe(full, 2, 2, 5e-5, "partial:2", 4)
+    assert (given.lr, given.share, given.keep) == (5e-5, "partial:2", 4) and "(by size)" not in line
