@@ -363,10 +363,18 @@ def select_layers(config, layout: list[int], source=None) -> None:
         _check_derived_lists(cfg, src, layout, n)
 
 
+# transformers' deprecated aliases (they warn when read, and are never per-layer lists).
+_DEPRECATED_PROPS = frozenset({"torch_dtype", "use_return_dict"})
+
+
 def _derived(config) -> list[str]:
     """Config attributes computed by a property (or an alias of one), not stored."""
     cls = type(config)
-    props = [n for n in dir(cls) if not n.startswith("_") and isinstance(getattr(cls, n, None), property)]
+    props = [
+        n
+        for n in dir(cls)
+        if not n.startswith("_") and n not in _DEPRECATED_PROPS and isinstance(getattr(cls, n, None), property)
+    ]
     aliases = [k for k, v in (getattr(config, "attribute_map", None) or {}).items() if v in props]
     return props + aliases
 
