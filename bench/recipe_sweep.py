@@ -8,9 +8,11 @@ and jobs already in the output file are skipped, so a sweep can be stopped and r
         --jobs "ref-zs;crash,keep=8,share=none,lr=3e-4;ref-ft,lr=1e-3" --out bench/results/smollm2-sweep.json
 
 A job is `ref-zs`, `ref-ft[,lr=X]`, or
-`METHOD[,keep=K][,share=S][,clustering=C][,placement=P][,distill=N][,lr=X]`, where `distill=N` trains
-the emulator's middle for N steps against the full model (LM + NMSE on public text) before tuning,
-and `lora=R` tunes LoRA of rank R on the adapter blocks instead of the whole blocks.
+`METHOD[,keep=K][,share=S][,clustering=C][,placement=P][,distill=N][,loss=L][,distill_lr=X][,lr=X]`,
+where `distill=N` trains the emulator's middle for N steps (0: one pass) against the full model on
+text sampled from the full model itself (`loss`: lm+nmse, nmse or layers; held-out text picks the
+checkpoint) before tuning, and `lora=R` tunes LoRA of rank R on the adapter blocks instead of the
+whole blocks. Every row carries the gradient cosine (emulator vs full model, before tuning).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch
 from emulator.blocks import get_blocks
 from emulator.data import load_task
 from emulator.derive import EmulatorOptions, block_similarity, derive_emulator
-from emulator.distill import distill, text_rows
+from emulator.diagnostics import gradient_cosine
+from emulator.distill import distill, distill_corpus, text_rows
 from emulator.evaluate import accuracy
 from emulator.plugin import plug_in_tuned, tunable_adapter
 from emulator.reference import trainable_copy
@@ -41,7 +44,11 @@ def parse_job(text: str) -> dict:
     for pair in pairs:
         key, _, value = pair.partition("=")
         job[key] = (
-            float(value) if key == "lr" else int(value) if key in ("keep", "distill", "lora") else value
+            float(value)
+            if key in ("lr", "distill_lr")
+            else int(value)
+            if key in ("keep", "distill", "lora")
+            else value
         )
     job["name"] = ",".join([kind, *pairs])
     return job
@@ -59,7 +66,15 @@ class Sweep:
         n = len(get_blocks(self.full))
         self.adapter = list(range(args.first)) + list(range(n - args.last, n))
         self._sim: torch.Tensor | None = None
+        self._distill_rows = None
         self.zero_shot: dict[str, float] = {}  # emulator zero-shot per layout, shared across lrs
+
+    @property
+    def distill_rows(self):
+        """(train, held-out) rows of text sampled from the full model, made on first use."""
+        if self._distill_rows is None:
+            self._distill_rows = distill_corpus(self.full, self.tok, "self", seed=self.args.seed)
+        return self._distill_rows
 
     @property
     def sim(self) -> torch.Tensor:
@@ -100,16 +115,20 @@ class Sweep:
         # tuned and distilled in place: a copy, so nothing shared with the full model moves
         emu = copy.deepcopy(derive_emulator(self.full, options, tokenizer=self.tok, similarity=self.sim))
         extra = {}
-        if job.get("distill"):
-            stats = distill(emu, self.full, *self.calib, steps=job["distill"], seed=self.args.seed)
+        if "distill" in job:
+            stats = distill(emu, self.full, *self.distill_rows[0], steps=job["distill"] or None,
+                            seed=self.args.seed, loss=job.get("loss", "lm+nmse"), lr=job.get("distill_lr", 1e-4),
+                            heldout=self.distill_rows[1])  # fmt: skip
             extra = {"distill_steps": job["distill"]} | {f"distill_{k}": v for k, v in stats.items()}
-        key = json.dumps([emu.manifest.layout, job.get("distill", 0)])
+        key = json.dumps([emu.manifest.layout, *(job.get(k) for k in ("distill", "loss", "distill_lr"))])
         if key not in self.zero_shot:
             self.zero_shot[key] = self.score(emu.model)
         row = {"layout": emu.manifest.layout, "clusters": emu.manifest.clusters, "lr": lr,
                "adapter_blocks": emu.manifest.adapter_blocks,
                "depth": len(emu.manifest.layout), "stored_blocks": len(emu.manifest.stored_blocks),
                "emulator zero-shot": self.zero_shot[key]} | extra  # fmt: skip
+        row["gradient cosine"] = gradient_cosine(self.full, emu, self.tok, self.train, self.args.batch_size,
+                                                 self.args.seed)  # fmt: skip
         rank = job.get("lora", 0)
         model, params = tunable_adapter(emu, rank)
         row |= self.fit(model, params, lr)

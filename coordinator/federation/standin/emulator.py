@@ -18,16 +18,18 @@ from emulator.zoo import public_texts
 
 
 def build(cfg: FederationConfig, full: nn.Module, tokenizer) -> Emulator:
-    """Derive the run's emulator of `full` (CKA calibration for CRaSh; distilled if distill-steps > 0)."""
-    from emulator.distill import distill, text_rows
+    """Derive the run's emulator of `full` (CKA calibration for CRaSh; distilled on self-sampled text if
+    distill-steps > 0)."""
+    from emulator.distill import distill, distill_corpus, text_rows
 
     options = EmulatorOptions(cfg.method, cfg.adapter_first, cfg.adapter_last, cfg.keep, cfg.placement,
                               cfg.clustering, cfg.share)  # fmt: skip
-    needs_text = cfg.method == "crash" or cfg.distill_steps
-    calib = text_rows(tokenizer, public_texts(cfg.calibration_texts)) if needs_text else None
+    calib = text_rows(tokenizer, public_texts(cfg.calibration_texts)) if cfg.method == "crash" else None
     emu = derive_emulator(full, options, calibration=calib, tokenizer=tokenizer)
     if cfg.distill_steps:
-        distill(emu, full, *calib, steps=cfg.distill_steps, seed=cfg.seed)
+        # Text sampled from the full model itself: never task data, no outside corpus.
+        rows, held = distill_corpus(full, tokenizer, "self", seed=cfg.seed)
+        distill(emu, full, *rows, steps=cfg.distill_steps, seed=cfg.seed, heldout=held)
     return emu
 
 
