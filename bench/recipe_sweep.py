@@ -11,7 +11,8 @@ A job is `ref-zs`, `ref-ft[,lr=X]`, or
 `METHOD[,keep=K][,share=S][,clustering=C][,placement=P][,distill=N][,loss=L][,distill_lr=X][,lr=X]`,
 where `distill=N` trains the emulator's middle for N steps (0: one pass) against the full model on
 text sampled from the full model itself (`loss`: lm+nmse, nmse or layers; held-out text picks the
-checkpoint) before tuning, and `lora=R` tunes LoRA of rank R on the adapter blocks instead of the
+checkpoint) before tuning, `prox=MU` adds a proximal term μ/2·‖θ − θ₀‖² to the adapter's tuning, and
+`lora=R` tunes LoRA of rank R on the adapter blocks instead of the
 whole blocks. Every row carries the gradient cosine (emulator vs full model, before tuning).
 """
 
@@ -45,7 +46,7 @@ def parse_job(text: str) -> dict:
         key, _, value = pair.partition("=")
         job[key] = (
             float(value)
-            if key in ("lr", "distill_lr")
+            if key in ("lr", "distill_lr", "prox")
             else int(value)
             if key in ("keep", "distill", "lora")
             else value
@@ -92,10 +93,10 @@ class Sweep:
         """Accuracy (%) on the test slice."""
         return accuracy(model, self.tok, self.test)
 
-    def fit(self, model, params, lr: float) -> dict:
+    def fit(self, model, params, lr: float, proximal: float = 0.0) -> dict:
         """Tune for the sweep's steps; return loss and per-step seconds."""
         stats = tune(model, self.tok, self.train, params, steps=self.args.steps, lr=lr,
-                     batch_size=self.args.batch_size, seed=self.args.seed)  # fmt: skip
+                     batch_size=self.args.batch_size, seed=self.args.seed, proximal=proximal)  # fmt: skip
         return {"train_loss": stats.loss, "step_seconds": stats.seconds / stats.steps}
 
     def run(self, job: dict) -> dict:
@@ -131,7 +132,7 @@ class Sweep:
                                                  self.args.seed)  # fmt: skip
         rank = job.get("lora", 0)
         model, params = tunable_adapter(emu, rank)
-        row |= self.fit(model, params, lr)
+        row |= self.fit(model, params, lr, job.get("prox", 0.0))
         row["emulator FT"] = self.score(model)
         row["plug-in"] = self.score(plug_in_tuned(self.full, emu, model, rank))
         return row

@@ -232,11 +232,14 @@ def tune(
     progress: Progress | None = None,
     precision: str = "fp32",
     chat_template: str = DEFAULT_CHAT_TEMPLATE,
+    proximal: float = 0.0,
 ) -> TrainStats:
     """Tune `params` of `model` on examples for `steps` AdamW steps (linear warmup, cosine decay).
 
     The model trains where its parameters are; `precision` bf16/fp16 runs forward and loss under
     autocast (parameters and optimiser state stay in their own dtype), fp16 with a grad scaler.
+    `proximal` μ > 0 adds μ/2·‖θ − θ₀‖² towards the parameters as received (FedProx's term), which
+    keeps an adapter near what the full model can use.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -250,6 +253,7 @@ def tune(
         torch.cuda.reset_peak_memory_stats(device)
     rows = encode(tokenizer, examples, chat_template=chat_template)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    anchor = [p.detach().clone() for p in params] if proximal else None
 
     sched = warmup_cosine(opt, steps, warmup)
     model.train()
@@ -259,6 +263,8 @@ def tune(
         batch = {k: v.to(device) for k, v in collate(next(it), tokenizer.pad_token_id).items()}
         with mixed:
             loss = supervised_loss(model, batch)
+        if anchor is not None:
+            loss = loss + proximal / 2 * sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
         optimiser_step(loss, params, opt, sched, step, scaler=scaler)
         tokens += int(batch["attention_mask"].sum())
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()

@@ -64,3 +64,15 @@ def test_accuracy_with_progress_scores_in_chunks_and_gives_the_same_figure(zoo_t
     chunked = accuracy(model, zoo_tokenizer, examples, progress=lambda d, t: seen.append((d, t)), chunk=4)
     assert chunked == accuracy(model, zoo_tokenizer, examples)
     assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_a_proximal_term_keeps_the_tuned_parameters_nearer_where_they_started(zoo_tokenizer):
+    def drift(mu: float) -> float:
+        torch.manual_seed(0)
+        model = tiny_model("llama", layers=2, vocab=len(zoo_tokenizer))
+        params = list(model.parameters())
+        start = [p.detach().clone() for p in params]
+        tune(model, zoo_tokenizer, _examples(), params, steps=15, lr=5e-3, batch_size=8, proximal=mu)
+        return float(sum((p - s).pow(2).sum() for p, s in zip(params, start, strict=True)))
+
+    assert drift(50.0) < drift(0.0)
