@@ -42,8 +42,11 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=40)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--out", default="bench/results/control_eval.json")
-    ap.add_argument("--targets", default="small,base,other",
-                    help="zoo models to score alone and with the control (smollm2: the real 49,152-token one)")
+    ap.add_argument(
+        "--targets",
+        default="small,base,other",
+        help="zoo models to score alone and with the control (smollm2: the real 49,152-token one)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -74,7 +74,8 @@ class Sweep:
     def distill_rows(self):
         """(train, held-out) rows of text sampled from the full model, made on first use."""
         if self._distill_rows is None:
-            self._distill_rows = distill_corpus(self.full, self.tok, "self", seed=self.args.seed)
+            self._distill_rows = distill_corpus(self.full, self.tok, "self", self.args.distill_texts,
+                                                seed=self.args.seed)  # fmt: skip
         return self._distill_rows
 
     @property
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--last", type=int, default=2)
     p.add_argument("--keep", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--distill-texts", type=int, default=512, help="texts sampled from the model for distill=N rows"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration-texts", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = {k: v for k, v in vars(args).items() if k not in ("jobs", "out", "threads", "similarity")}
     report = json.loads(args.out.read_text()) if args.out.exists() else {"settings": settings, "rows": {}}
-    if report["settings"] != settings:
+    # Files written before --distill-texts existed sampled the default count.
+    if {"distill_texts": 512} | report["settings"] != settings:
         raise SystemExit(f"{args.out} was written with other settings: {report['settings']}")
     sweep = Sweep(args)
     for job in map(parse_job, args.jobs.split(";")):

@@ -22,6 +22,7 @@ def test_experiment_reports_every_stage_for_every_seed(tiny_checkpoint):
         steps=4,
         distill_steps=3,
         calibration_texts=16,
+        distill_texts=24,
         n_train=64,
         n_test=24,
         batch_size=8,

@@ -24,7 +24,7 @@ def test_parse_job_reads_numbers_and_keeps_a_canonical_name():
 def test_sweep_writes_each_row_and_skips_rows_it_has(tmp_path, capsys):
     out = tmp_path / "sweep.json"
     args = ["--model", "zoo:base", "--steps", "1", "--n-test", "4", "--batch-size", "4",
-            "--calibration-texts", "16", "--keep", "3", "--out", str(out)]  # fmt: skip
+            "--calibration-texts", "16", "--distill-texts", "24", "--keep", "3", "--out", str(out)]  # fmt: skip
     main(
         [*args, "--jobs", "ref-zs;crash,share=none,placement=spread,distill=2,lr=1e-3;uniform,lora=4,lr=5e-3"]
     )
