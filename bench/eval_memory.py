@@ -87,18 +87,26 @@ def main(argv: list[str] | None = None) -> dict:
             cmd = [sys.executable, "-m", "bench.eval_memory", "--model", args.model, "--n", str(args.n),
                    "--child", task, mode]  # fmt: skip
             done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode < 0:  # the kernel's OOM killer sends SIGKILL: a result, not a crash
+                rows.append({"task": task, "mode": mode, "failed": f"killed by signal {-done.returncode}"})
+                print(
+                    f"{task:10s} {mode:13s} killed by signal {-done.returncode} (out of memory?)", flush=True
+                )
+                continue
             if done.returncode != 0:
                 raise SystemExit(f"{task} / {mode} failed:\n{done.stderr[-2000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{task:10s} {mode:13s} {r['metric']} {r['score']:5.1f}  {r['seconds_per_100']:6.1f} s/100  "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MiB (after load {r['rss_after_load_mb']:.0f})", flush=True)  # fmt: skip
+        if "scores" not in rows[-2] or "scores" not in rows[-1]:
+            continue
         a, b = rows[-2]["scores"], rows[-1]["scores"]
         diff = max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
         rows[-1]["max_score_diff_vs_full_rows"] = diff
         print(f"{task:10s} largest log-likelihood difference between the modes: {diff:.2e} nats")
     for r in rows:
-        r.pop("scores")
+        r.pop("scores", None)
     from bench.machine import machine_info
 
     report = {"model": args.model, "n": args.n, "rows": rows, "machine": machine_info()}
