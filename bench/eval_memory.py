@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         r.pop("scores", None)
     from bench.machine import machine_info
 
+    # Tasks measured in separate runs (one may need the whole machine's memory) share one file.
+    done = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    rows = [r for r in done if r["task"] not in {r["task"] for r in rows}] + rows
     report = {"model": args.model, "n": args.n, "rows": rows, "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
