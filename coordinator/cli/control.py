@@ -56,7 +56,12 @@ def port(
     control: Annotated[
         Path, typer.Option(help="Control model directory, or a finished standin=control run.")
     ],
-    target: Annotated[str, typer.Option(help="Target model: zoo:NAME or a local checkpoint directory.")],
+    target: Annotated[
+        str,
+        typer.Option(
+            help="Target model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Where to write control/ and token_map.safetensors.")],
 ) -> None:
     """Map a control model onto a target's vocabulary (PM-MinED) and save both, with coverage statistics."""
@@ -90,7 +95,10 @@ def port(
 def generate(
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat for a batch).")],
     model: Annotated[
-        str, typer.Option(help="Target / base model: zoo:NAME or a local checkpoint.")
+        str,
+        typer.Option(
+            help="Target / base model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
+        ),
     ] = "zoo:base",
     control: Annotated[Path | None, typer.Option(help="A directory written by `offsite port`.")] = None,
     proxy: Annotated[

@@ -14,7 +14,10 @@ from coordinator.cli.common import console, fail, progress, status
 def derive(
     out: Annotated[Path, typer.Option(help="Directory to write the emulator to.")],
     model: Annotated[
-        str, typer.Option(help="zoo:NAME or a local Hugging Face checkpoint directory.")
+        str,
+        typer.Option(
+            help="The full model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
+        ),
     ] = "zoo:base",
     method: Annotated[
         str,

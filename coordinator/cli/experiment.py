@@ -56,7 +56,12 @@ def experiment(
             help="Test examples for a --task file (default: a seeded 20% of that file is held out)."
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="zoo:NAME or a local checkpoint directory.")] = "zoo:base",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The full model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
+        ),
+    ] = "zoo:base",
     variants: Annotated[
         str,
         typer.Option(

@@ -249,3 +249,21 @@ def test_run_samples_every_site_by_default_and_refuses_more(monkeypatch, tmp_pat
     )
     more = invoke("run", "--supernodes", "2", "-c", "clients-per-round=8")
     assert more.exit_code == 2 and "clients-per-round 8 is more than the 2 simulated sites" in more.output
+
+
+def test_every_model_option_names_the_forms_that_load():
+    """zoo names, Hugging Face directories and GGUF files all load; every --model/--target help says so."""
+    group = typer.main.get_command(app)
+    seen = 0
+
+    def walk(cmd):
+        nonlocal seen
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+        for param in getattr(cmd, "params", []):
+            if param.name in ("model", "target") and isinstance(param, click.Option):
+                seen += 1
+                assert all(form in param.help for form in ("zoo:", "checkpoint directory", ".gguf")), cmd.name
+
+    walk(group)
+    assert seen >= 4
