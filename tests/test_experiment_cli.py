@@ -175,3 +175,15 @@ def test_sites_partition_a_benchmark_by_its_label():
     # Dirichlet over activities: the sites' label mixes differ.
     top = [max({e.label for e in part}, key=[e.label for e in part].count) for part in parts]
     assert len(set(top)) > 1
+
+
+def test_a_stored_report_predating_a_setting_counts_it_at_its_default():
+    from dataclasses import asdict
+
+    from coordinator.experiment import _same_settings
+
+    asked = json.loads(json.dumps(asdict(ExperimentConfig(task="sciq"))))
+    older = {k: v for k, v in asked.items() if k != "distill_loss"}
+    assert _same_settings(older, asked) and not _same_settings(None, asked)
+    assert not _same_settings(older, asked | {"distill_loss": "layers"})
+    assert not _same_settings(older | {"steps": 7}, asked)

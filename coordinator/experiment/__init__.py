@@ -335,7 +335,7 @@ def run_suite(
     for task in tasks:
         tcfg, path = replace(cfg, task=task), task_report_path(out, task)
         asked = json.loads(json.dumps(asdict(tcfg)))  # the settings as given, before "auto" resolves
-        if path.exists() and json.loads(path.read_text()).get("asked") == asked:
+        if path.exists() and _same_settings(json.loads(path.read_text()).get("asked"), asked):
             log(f"{task}: reusing {path} (finished earlier with the same settings)")
             reports[task] = json.loads(path.read_text())
             continue
@@ -343,6 +343,15 @@ def run_suite(
         reports[task] = (run(tcfg) if run else run_experiment(tcfg, log=log)) | {"asked": asked}
         save_report(reports[task], path)
     return {"config": asdict(cfg), "tasks": reports, "mean": suite_mean(reports)}
+
+
+def _same_settings(stored: dict | None, asked: dict) -> bool:
+    """Whether a stored task report was asked for with these settings; a setting the report predates
+    counts as its default (it was added later, with the old behaviour as its default)."""
+    if stored is None:
+        return False
+    defaults = json.loads(json.dumps(asdict(ExperimentConfig())))
+    return all(stored.get(k, defaults[k]) == v for k, v in asked.items())
 
 
 def recovery(row: dict) -> float | None:
