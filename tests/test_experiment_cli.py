@@ -187,3 +187,19 @@ def test_a_stored_report_predating_a_setting_counts_it_at_its_default():
     assert _same_settings(older, asked) and not _same_settings(None, asked)
     assert not _same_settings(older, asked | {"distill_loss": "layers"})
     assert not _same_settings(older | {"steps": 7}, asked)
+
+
+def test_recovery_is_undefined_where_full_fine_tuning_gained_nothing():
+    from coordinator.experiment import recovery, suite_mean
+
+    def row(zs, ft, plug):
+        share = (plug - zs) / (ft - zs) if ft != zs else None
+        return {"full zero-shot": {"mean": zs}, "full FT (adapter)": {"mean": ft}, "plug-in": {"mean": plug},
+                "checks": {"recovered_share_of_adapter_ft_gain": share}}  # fmt: skip
+
+    assert recovery(row(50, 60, 59)) == pytest.approx(0.9)
+    assert recovery(row(33.5, 31.5, 35.5)) is None  # FT lost 2 points: no gain to recover
+    mean = suite_mean(
+        {"a": {"table": {"crash": row(50, 60, 59)}}, "b": {"table": {"crash": row(40, 38, 41)}}}
+    )
+    assert mean["crash"]["recovery"] == pytest.approx(0.9) and mean["crash"]["tasks_with_a_gain"] == 1

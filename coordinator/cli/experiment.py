@@ -262,7 +262,7 @@ def _cell(stat: dict, spread: bool) -> str:
 
 def print_results(report: dict, task: str, model: str, seeds: int) -> None:
     """The table (no ± with one seed), a footnote for '-' cells, and each variant's recovery line."""
-    from coordinator.experiment import COLUMNS
+    from coordinator.experiment import COLUMNS, recovery
 
     spread = seeds > 1
     n_test = report.get("n_test")
@@ -275,7 +275,7 @@ def print_results(report: dict, task: str, model: str, seeds: int) -> None:
         table.add_column(col, overflow="fold")
     missing = False
     for name, row in report["table"].items():
-        ratio, rec = row["checks"]["cpl_ratio"], row["checks"]["recovered_share_of_adapter_ft_gain"]
+        ratio, rec = row["checks"]["cpl_ratio"], recovery(row)
         missing |= ratio is None
         cos = row.get("gradient cosine")
         table.add_row(name, *(_cell(row[c], spread) if c in row else "-" for c in COLUMNS),

@@ -355,8 +355,10 @@ def _same_settings(stored: dict | None, asked: dict) -> bool:
 
 
 def recovery(row: dict) -> float | None:
-    """(plug-in − full zero-shot) / (full FT of the adapter blocks − full zero-shot), or None with no gain."""
-    return row["checks"]["recovered_share_of_adapter_ft_gain"]
+    """(plug-in − full zero-shot) / (full FT of the adapter blocks − full zero-shot); None where full FT
+    gained nothing (the share of a loss is no recovery)."""
+    gain = row["full FT (adapter)"]["mean"] - row["full zero-shot"]["mean"]
+    return row["checks"]["recovered_share_of_adapter_ft_gain"] if gain > 0 else None
 
 
 def suite_mean(reports: dict[str, dict]) -> dict[str, dict]:
