@@ -28,7 +28,7 @@ def _value(key: str, raw: str, token: str) -> Any:
     except tomllib.TOMLDecodeError:
         raise RunConfigError(
             f"run-config token {token!r}: {raw!r} is not a TOML value; quote strings "
-            f'({key}="{raw}") and write numbers and true/false bare'
+            f"({key}=\"{raw}\") and write numbers and true/false bare"
         ) from None
 
 

@@ -100,9 +100,7 @@ def derive_emulator(
         repeats = share_repeats(options.share)
         if options.placement == "edges":
             sub = sim[options.first : n - options.last, options.first : n - options.last]
-            clusters = [
-                [b + options.first for b in c] for c in _clusters(sub, options.keep, options.clustering)
-            ]
+            clusters = [[b + options.first for b in c] for c in _clusters(sub, options.keep, options.clustering)]
             layout = first + shared_layout(clusters, repeats=repeats) + last
             adapter = first + last
         else:

@@ -22,9 +22,7 @@ def dashboard(
 ) -> None:
     """Serve the web dashboard: runs, clients per round, curves, bytes, ε; live while runs go on."""
     if not store and not out_dir.expanduser().is_dir():
-        fail(
-            f"--out-dir: {out_dir} does not exist (no runs there yet); pass the out-dir of your runs or --store"
-        )
+        fail(f"--out-dir: {out_dir} does not exist (no runs there yet); pass the out-dir of your runs or --store")
     import uvicorn
 
     from coordinator.ops.dashboard import create_app

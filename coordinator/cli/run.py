@@ -21,7 +21,7 @@ def run_federated(
             "--run-config",
             "-c",
             help="Run-config overrides, as for `flwr run`: 'rounds=5 lora-rank=4' (TOML values: quote "
-            'strings, task="my.jsonl"); repeatable; or one .toml file.',
+            "strings, task=\"my.jsonl\"); repeatable; or one .toml file.",
         ),
     ] = None,
     supernodes: Annotated[int, typer.Option(min=1, help="Virtual SuperNodes (sites) to simulate.")] = 8,
@@ -137,13 +137,9 @@ def bytes_line(report: dict) -> str:
     if b["down_per_client_with_standin"]:
         parts.append(f"down {b['down_per_client_with_standin']:,.0f} B in the round that sent the stand-in")
     else:
-        parts.append(
-            f"the stand-in ({b.get('standin_bytes') or 0:,.0f} B) was not sent: the sites had it cached"
-        )
+        parts.append(f"the stand-in ({b.get('standin_bytes') or 0:,.0f} B) was not sent: the sites had it cached")
     if b["down_per_client_without_standin"] is not None:
         parts.append(f"down {b['down_per_client_without_standin']:,.0f} B in the other rounds")
-    parts.append(
-        f"up {b['up_per_client']:,.0f} B" if b["up_per_client"] else "no upload (no site sent an update)"
-    )
+    parts.append(f"up {b['up_per_client']:,.0f} B" if b["up_per_client"] else "no upload (no site sent an update)")
     mean = report["timing"]["round_wall_mean_s"]
     return "Per site and round: " + "; ".join(parts) + (f". Mean round {mean:.1f} s." if mean else ".")

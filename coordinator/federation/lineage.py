@@ -77,10 +77,8 @@ def round_record(
         "updated": updated,
         "aggregator": aggregator,
         # (node, delta SHA-256, weight[, signing site key id]): the site key is None where sites do not sign
-        "updates": [
-            {"node": int(n), "delta_sha256": h, "weight": float(w), "site_key": k[0] if k else None}
-            for n, h, w, *k in merged
-        ],  # fmt: skip
+        "updates": [{"node": int(n), "delta_sha256": h, "weight": float(w), "site_key": k[0] if k else None}
+                    for n, h, w, *k in merged],  # fmt: skip
         "privacy": privacy,
     }
 

@@ -66,9 +66,7 @@ class SecAggFedAvg(LegacyFedAvg):
         )
         self.run, self.cfg = run, cfg
         self.trained = trained_adapter_names(run.adapter, cfg.lora_rank, cfg.lora_aggregation == "product")
-        self.privacy: SecAggClientDP | None = (
-            None  # set by the DP wrapper: sites then send clipped full adapters
-        )
+        self.privacy: SecAggClientDP | None = None  # set by the DP wrapper: sites then send clipped full adapters
         if cfg.dp == "client":  # fixedclipping_mod clips (sent - received), so sites send the whole adapter
             self.trained = sorted(run.adapter)
         self._bytes_up = 4 * sum(run.adapter[k].numel() for k in self.trained)
@@ -144,10 +142,7 @@ class SecAggFedAvg(LegacyFedAvg):
 
     def set_adapter(self, parameters: Parameters) -> None:
         """Make `parameters` (under DP: the whole adapter, sorted names, noised) the global adapter."""
-        self.run.adapter = {
-            **self.run.adapter,
-            **self._checked(parameters_to_ndarrays(parameters), self.run.adapter),
-        }
+        self.run.adapter = {**self.run.adapter, **self._checked(parameters_to_ndarrays(parameters), self.run.adapter)}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         """No client-side evaluation in SecAgg+ rounds."""
@@ -161,9 +156,7 @@ class SecAggFedAvg(LegacyFedAvg):
         due = server_eval_due(self.cfg, rnd)
         scores = self.run.evaluate(self.run.adapter) if due else {"plug-in": None, "emulator FT": None}
         state = {"privacy": self.privacy.state_json()} if self.privacy is not None else {}
-        record_round(
-            self.run, self._entry(scores), self.pending["previous"], "secagg+", self._merged(), state
-        )
+        record_round(self.run, self._entry(scores), self.pending["previous"], "secagg+", self._merged(), state)
         log.info("round %d/%d (SecAgg+): %d of %d sites summed, %.1f s", rnd, self.cfg.rounds,
                  len(self.pending["results"]), len(self._sent), self.run.history[-1]["wall_s"])  # fmt: skip
         self.pending = None
@@ -252,15 +245,8 @@ class SecAggClientDP(LegacyClientSideDP):
         """The noised mean as the new global adapter (nothing is released if a sampled site dropped)."""
         rnd = server_round + self.run.start
         if failures or not results:
-            log.warning(
-                "round %d: %d sampled site(s) dropped; DP releases nothing this round", rnd, len(failures)
-            )
-            self.inner.pending = {
-                "round": rnd,
-                "previous": dict(self.run.adapter),
-                "results": [],
-                "delta_norm": None,
-            }
+            log.warning("round %d: %d sampled site(s) dropped; DP releases nothing this round", rnd, len(failures))
+            self.inner.pending = {"round": rnd, "previous": dict(self.run.adapter), "results": [], "delta_norm": None}
             return None, {}
         saved = np.random.get_state()
         np.random.seed(dp_noise_seed(self.cfg.seed, rnd))

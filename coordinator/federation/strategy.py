@@ -505,10 +505,7 @@ class OffsiteFedYogi(OffsiteStrategy, FedYogi):
 
 
 def make_strategy(
-    cfg: FederationConfig,
-    standin: StandIn,
-    key: Ed25519PrivateKey,
-    template: dict[str, torch.Tensor],
+    cfg: FederationConfig, standin: StandIn, key: Ed25519PrivateKey, template: dict[str, torch.Tensor],
     run_id: str = "",
 ) -> OffsiteStrategy:
     """The configured strategy class with the run's settings (`run_id`: the nonce sites sign)."""

@@ -72,9 +72,7 @@ class ControlStream:
 
     @torch.no_grad()
     def _feed(self, ids: list[int]) -> None:
-        cache = {
-            cache_argument(self.model): self.cache
-        }  # 'cache' where transformers has it (no FutureWarning)
+        cache = {cache_argument(self.model): self.cache}  # 'cache' where transformers has it (no FutureWarning)
         out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **cache)
         self.cache = out.past_key_values
         self.fed.extend(ids)

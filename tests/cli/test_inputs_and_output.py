@@ -93,19 +93,10 @@ def test_wilson_interval():
 
 def _report(down_with, down_without=None, up=None):
     return {
-        "five_numbers": {
-            "full zero-shot": 50.0,
-            "emulator zero-shot": 40.0,
-            "emulator FT": 60.0,
-            "plug-in": 62.5,
-            "full FT (centralised)": None,
-        },  # fmt: skip
-        "bytes": {
-            "down_per_client_with_standin": down_with,
-            "down_per_client_without_standin": down_without,
-            "up_per_client": up,
-            "standin_bytes": 9_600_000,
-        },  # fmt: skip
+        "five_numbers": {"full zero-shot": 50.0, "emulator zero-shot": 40.0, "emulator FT": 60.0,
+                         "plug-in": 62.5, "full FT (centralised)": None},  # fmt: skip
+        "bytes": {"down_per_client_with_standin": down_with, "down_per_client_without_standin": down_without,
+                  "up_per_client": up, "standin_bytes": 9_600_000},  # fmt: skip
         "timing": {"round_wall_mean_s": 12.0},
         "rounds": [{"clients": [{"status": "ok"}, {"status": "failed"}]}],
     }
@@ -156,9 +147,7 @@ def test_one_seed_table_has_no_spread_and_is_not_cut(monkeypatch):
 
     out = io.StringIO()
     monkeypatch.setattr(experiment, "console", Console(file=out, width=common._WIDE))
-    print_results(
-        {"table": {"crash+distill": _row(60.0, 70.0, 0.2)}, "n_test": 300}, "wn-category", "zoo:base", 1
-    )
+    print_results({"table": {"crash+distill": _row(60.0, 70.0, 0.2)}, "n_test": 300}, "wn-category", "zoo:base", 1)
     text = out.getvalue()
     assert "±" not in text and "over 1 seeds" not in text and "(one seed)" in text
     assert "crash+distill" in text and "emulator zero-shot" in text and "…" not in text

@@ -149,10 +149,7 @@ def test_dp_with_secagg_plus_noises_the_mean_reports_epsilon_and_stops_at_the_bu
                  "secure-aggregation": True, "dp": "client", "dp-noise-multiplier": z, "dp-clip-norm": clip,
                  "min-clients": 3}  # fmt: skip
     cfg = FederationConfig.from_run_config(overrides)
-    accountant, event = (
-        make_accountant(cfg),
-        GaussianPrivacyEvent(noise_multiplier=z, sample_size=3, population_size=3),
-    )
+    accountant, event = make_accountant(cfg), GaussianPrivacyEvent(noise_multiplier=z, sample_size=3, population_size=3)
     accountant.compose(event)
     first = accountant.get_privacy_spent().epsilon
     overrides["dp-max-epsilon"] = first * 1.2  # room for round 1, not round 2
@@ -167,10 +164,7 @@ def test_dp_with_secagg_plus_noises_the_mean_reports_epsilon_and_stops_at_the_bu
     (rnd,) = report["rounds"]  # round 2 would pass the budget: a clean stop after round 1
     assert rnd["updated"] and len(rnd["secagg"]["summed"]) == 3
     assert rnd["privacy"]["releases"] == 1 and abs(rnd["privacy"]["epsilon"] - first) < 1e-9
-    assert (
-        "dp-max-epsilon" in report["stopped_early"]
-        and report["privacy"]["epsilon"] == rnd["privacy"]["epsilon"]
-    )
+    assert "dp-max-epsilon" in report["stopped_early"] and report["privacy"]["epsilon"] == rnd["privacy"]["epsilon"]
     full, _ = load_model(str(tiny_checkpoint))
     emu = StandinCache(tmp_path / "cache").load(report["standin"]["hash"])
     start = initial_adapter(cfg, full, emu)
