@@ -13,6 +13,8 @@ from coordinator.cli.common import fail
 # emulator.derive.METHODS, copied so a bad method fails before torch loads (tests/cli checks they agree).
 EMULATOR_METHODS = ("uniform", "crash", "full")
 DISTILL_LOSSES = ("lm+nmse", "nmse", "layers")  # emulator.distill.LOSSES, copied likewise
+# The forms a --model/--target takes; every such help text says them.
+MODEL_FORMS = "zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 TEST_FILE_SEP = "::"  # emulator.data.TEST_FILE_SEP: 'train.jsonl::test.jsonl'
 

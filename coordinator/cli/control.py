@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from coordinator.cli.checks import MODEL_FORMS
 from coordinator.cli.common import console, fail, status
 
 
@@ -58,9 +59,7 @@ def port(
     ],
     target: Annotated[
         str,
-        typer.Option(
-            help="Target model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
-        ),
+        typer.Option(help=f"Target model: {MODEL_FORMS}."),
     ],
     out: Annotated[Path, typer.Option(help="Where to write control/ and token_map.safetensors.")],
 ) -> None:
@@ -96,9 +95,7 @@ def generate(
     prompt: Annotated[list[str], typer.Option(help="Prompt text (repeat for a batch).")],
     model: Annotated[
         str,
-        typer.Option(
-            help="Target / base model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
-        ),
+        typer.Option(help=f"Target / base model: {MODEL_FORMS}."),
     ] = "zoo:base",
     control: Annotated[Path | None, typer.Option(help="A directory written by `offsite port`.")] = None,
     proxy: Annotated[

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from coordinator.cli.checks import EMULATOR_METHODS as METHODS
+from coordinator.cli.checks import MODEL_FORMS
 from coordinator.cli.common import console, fail, progress, status
 
 
@@ -15,9 +16,7 @@ def derive(
     out: Annotated[Path, typer.Option(help="Directory to write the emulator to.")],
     model: Annotated[
         str,
-        typer.Option(
-            help="The full model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
-        ),
+        typer.Option(help=f"The full model: {MODEL_FORMS}."),
     ] = "zoo:base",
     method: Annotated[
         str,

@@ -11,6 +11,7 @@ from rich.table import Table
 from coordinator.cli.checks import (
     DISTILL_LOSSES,
     EMULATOR_METHODS,
+    MODEL_FORMS,
     TEST_FILE_SEP,
     check_model,
     check_task,
@@ -58,9 +59,7 @@ def experiment(
     ] = None,
     model: Annotated[
         str,
-        typer.Option(
-            help="The full model: zoo:NAME (offsite zoo info), a local Hugging Face checkpoint directory, or a .gguf file."
-        ),
+        typer.Option(help=f"The full model: {MODEL_FORMS}."),
     ] = "zoo:base",
     variants: Annotated[
         str,

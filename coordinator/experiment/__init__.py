@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from emulator.blocks import get_blocks
-from emulator.data import Example, load_task, task_metric, task_split_note
+from emulator.data import Example, load_task, task_split_note
 from emulator.derive import EmulatorOptions, derive_emulator
 from emulator.diagnostics import gradient_cosine
 from emulator.distill import distill, distill_corpus, text_rows
@@ -125,7 +125,7 @@ class _Runner:
         self.cfg, self.progress, self.log, self.steps = cfg, progress, log, steps
         self.train = load_task(cfg.task, "train")[: cfg.n_train]
         self.test = load_task(cfg.task, "test")[: cfg.n_test]
-        self.metric = resolve_metric(self.test, task_metric(cfg.task))
+        self.metric = resolve_metric(self.test)  # a benchmark's examples carry its metric
         self.adapter_blocks = list(range(cfg.first)) + list(range(n_blocks - cfg.last, n_blocks))
         self.calib = text_rows(self.tok, public_texts(cfg.calibration_texts))
         self.variants = [Variant.parse(v) for v in cfg.variants]
